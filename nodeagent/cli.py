@@ -1,0 +1,180 @@
+"""The ``nodeagent`` command line: ``sync``, ``cleanup``, ``show``, ``version``.
+
+Exit codes (also in README.md):
+
+* 0 - success: the node matches the sources;
+* 1 - failure: nothing was written (bad input as a whole, a file the kubelet would reject, a host
+  filesystem error, the lock held by another agent);
+* 2 - usage error (bad flags or settings);
+* 3 - applied, but some entries were rejected (named in the log); the rest is on the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from nodeagent import __version__
+from nodeagent.config import DEFAULT_KUBELET_ROOT_DIR, DEFAULT_STATE_DIR, SyncSettings, default_host_root
+from nodeagent.credentials import EntryProblem, safe_key
+from nodeagent.errors import NodeagentError, SettingsError
+from nodeagent.hostfs import HostFS
+from nodeagent.ledger import Ledger
+from nodeagent.observe.logging import configure_logging, get_logger
+from nodeagent.reconcile import SyncReport, cleanup, diff_changes, load_file_sources, redact_document, sync
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"NODEAGENT_{name}", default)
+
+
+def _add_host_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host-root",
+        default=None,
+        help="prefix of every host path (env NODEAGENT_HOST_ROOT; default /host in the container, else /)",
+    )
+    parser.add_argument(
+        "--kubelet-root-dir",
+        default=_env("KUBELET_ROOT_DIR", DEFAULT_KUBELET_ROOT_DIR),
+        help="the kubelet's --root-dir on the host (default %(default)s)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=_env("STATE_DIR", DEFAULT_STATE_DIR),
+        help="ledger and lock directory on the host (default %(default)s)",
+    )
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default=_env("LOG_FORMAT", "auto"))
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=_env("LOG_LEVEL", "info"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodeagent", description="Node-level registry credential agent.")
+    parser.add_argument("--version", action="version", version=f"nodeagent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_sync = sub.add_parser("sync", help="one reconcile pass from credential files")
+    p_sync.add_argument("--once", action="store_true", help="one pass and exit (sync always does exactly one)")
+    env_files = [f for f in _env("FROM_FILE", "").split(",") if f]
+    p_sync.add_argument(
+        "--from-file",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="a .dockerconfigjson or .dockercfg file (repeatable; later files win per registry; "
+        "env NODEAGENT_FROM_FILE, comma-separated)",
+    )
+    p_sync.add_argument("--dry-run", action="store_true", help="print a redacted diff, write nothing")
+    p_sync.set_defaults(env_files=env_files)
+    _add_host_flags(p_sync)
+
+    p_clean = sub.add_parser("cleanup", help="remove everything the agent wrote, restore what it replaced")
+    _add_host_flags(p_clean)
+
+    p_show = sub.add_parser("show", help="print the files the agent manages, secrets masked")
+    _add_host_flags(p_show)
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _settings(args: argparse.Namespace, files: Sequence[str] = (), dry_run: bool = False) -> SyncSettings:
+    return SyncSettings(
+        host_root=args.host_root or default_host_root(),
+        kubelet_root_dir=args.kubelet_root_dir,
+        state_dir=args.state_dir,
+        from_files=tuple(files),
+        dry_run=dry_run,
+    )
+
+
+def _log_problems(log: Any, kind: str, problems: Sequence[EntryProblem], level: str) -> None:
+    for problem in problems:
+        getattr(log, level)(kind, registry=safe_key(problem.key), source=problem.source, reason=problem.reason)
+
+
+def _report(log: Any, report: SyncReport) -> int:
+    _log_problems(log, "entry_rejected", report.rejected, "error")
+    _log_problems(log, "entry_warning", report.warnings, "warning")
+    _log_problems(log, "registry_conflict", report.conflicts, "warning")
+    event = "sync_planned" if report.dry_run else "sync_done"
+    log.info(
+        event,
+        registries=report.registries,
+        revision=report.revision,
+        written=report.written,
+        removed=report.removed,
+        rejected=len(report.rejected),
+    )
+    return EXIT_PARTIAL if report.rejected else EXIT_OK
+
+
+def _cmd_sync(args: argparse.Namespace, log: Any, redactor: Any) -> int:
+    files = args.from_file or args.env_files
+    if not files:
+        raise SettingsError("sync needs at least one --from-file PATH (or NODEAGENT_FROM_FILE)")
+    settings = _settings(args, files, args.dry_run)
+    sources = load_file_sources(settings.from_files)
+    for source in sources:
+        redactor.add(source.secret_values)
+    report = sync(HostFS(settings.host_root), settings, sources)
+    if settings.dry_run:
+        sys.stdout.write(diff_changes(report.changes) or "no changes\n")
+    return _report(log, report)
+
+
+def _cmd_cleanup(args: argparse.Namespace, log: Any) -> int:
+    settings = _settings(args)
+    report = cleanup(HostFS(settings.host_root), settings)
+    log.info("cleanup_done", written=report.written, removed=report.removed)
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    hostfs = HostFS(settings.host_root)
+    ledger = Ledger.load(hostfs.read(settings.ledger_path), source=settings.ledger_path)
+    if not ledger.files:
+        print("nodeagent manages no files on this node")
+        return EXIT_OK
+    print(f"credentials revision {ledger.revision}")
+    for path, record in sorted(ledger.files.items()):
+        print(f"==> {path} (managed entries: {', '.join(sorted(record.owned)) or 'none'})")
+        sys.stdout.write(redact_document(hostfs.read(path)) or "(missing)\n")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(f"nodeagent {__version__}")
+        return EXIT_OK
+    redactor = configure_logging(fmt=args.log_format, level=args.log_level)
+    log = get_logger(command=args.command)
+    try:
+        if args.command == "sync":
+            return _cmd_sync(args, log, redactor)
+        if args.command == "cleanup":
+            return _cmd_cleanup(args, log)
+        return _cmd_show(args)
+    except SettingsError as exc:
+        log.error("settings_invalid", error=str(exc))
+        return EXIT_USAGE
+    except NodeagentError as exc:
+        log.error(f"{args.command}_failed", error=str(exc), error_type=type(exc).__name__)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

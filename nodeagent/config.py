@@ -1,0 +1,69 @@
+"""Agent settings: flags, ``NODEAGENT_*`` environment variables and their defaults.
+
+Settings are validated when loaded, so a bad value fails at start with a sentence a person can
+act on, never on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from nodeagent.errors import SettingsError
+
+__all__ = ["DEFAULT_KUBELET_ROOT_DIR", "DEFAULT_STATE_DIR", "SyncSettings", "default_host_root"]
+
+DEFAULT_KUBELET_ROOT_DIR = "/var/lib/kubelet"
+"""The kubelet's ``--root-dir`` default: the first place it looks for ``config.json``."""
+
+DEFAULT_STATE_DIR = "/var/lib/nodeagent"
+"""Where the ledger and lock live on the node; survives agent restarts and upgrades."""
+
+CONTAINER_HOST_ROOT = "/host"
+"""Where the Helm chart mounts the host directories inside the agent container."""
+
+
+def default_host_root(env: Mapping[str, str] | None = None) -> str:
+    """``$NODEAGENT_HOST_ROOT``, else ``/host`` inside the agent container, else ``/`` on a node."""
+    env = os.environ if env is None else env
+    if env.get("NODEAGENT_HOST_ROOT"):
+        return env["NODEAGENT_HOST_ROOT"]
+    return CONTAINER_HOST_ROOT if os.path.isdir(CONTAINER_HOST_ROOT) else "/"
+
+
+def _host_dir(value: str, flag: str) -> str:
+    path = PurePosixPath(value)
+    if not path.is_absolute() or ".." in path.parts:
+        raise SettingsError(f"{flag} must be an absolute path without '..' (got {value!r})")
+    return str(path)
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Settings shared by ``sync``, ``cleanup`` and ``show``."""
+
+    host_root: str
+    kubelet_root_dir: str = DEFAULT_KUBELET_ROOT_DIR
+    state_dir: str = DEFAULT_STATE_DIR
+    from_files: tuple[str, ...] = field(default_factory=tuple)
+    dry_run: bool = False
+    lock_timeout: float = 30.0
+    """Long enough for the other process's write to finish, short enough to fail a stuck run."""
+
+    def __post_init__(self) -> None:
+        if not os.path.isdir(self.host_root):
+            raise SettingsError(f"--host-root {self.host_root!r} is not a directory")
+        object.__setattr__(self, "kubelet_root_dir", _host_dir(self.kubelet_root_dir, "--kubelet-root-dir"))
+        object.__setattr__(self, "state_dir", _host_dir(self.state_dir, "--state-dir"))
+        if self.lock_timeout <= 0:
+            raise SettingsError("--lock-timeout must be positive")
+
+    @property
+    def kubelet_config(self) -> str:
+        return str(PurePosixPath(self.kubelet_root_dir) / "config.json")
+
+    @property
+    def ledger_path(self) -> str:
+        return str(PurePosixPath(self.state_dir) / "state.json")

@@ -1,0 +1,286 @@
+"""The credential model: parse, normalise, validate and merge registry credentials.
+
+Pure: bytes and mappings in, frozen dataclasses out. Input is a ``.dockerconfigjson``
+(``{"auths": {...}}``) or a legacy ``.dockercfg`` (a bare map), from a file or from a
+Secret's base64 ``data``. A bad entry is rejected on its own and named; input that cannot be
+read as a whole raises :class:`~nodeagent.errors.InputError` and nothing from it applies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nodeagent.errors import InputError
+from nodeagent.registries import MAX_KEY_BYTES, InvalidRegistry, decode_auth, normalise_key
+
+__all__ = [
+    "MAX_ENTRIES",
+    "MAX_INPUT_BYTES",
+    "EntryProblem",
+    "Format",
+    "MergeResult",
+    "ParseResult",
+    "RegistryCredential",
+    "merge_credentials",
+    "parse_docker_config",
+    "parse_secret",
+    "safe_key",
+]
+
+MAX_INPUT_BYTES = 1024 * 1024
+"""1 MiB: the API server's own limit for a Secret, so nothing legitimate is larger."""
+
+MAX_ENTRIES = 10_000
+"""More registries than any real cluster uses; bounds memory and the size of config.json."""
+
+Format = Literal["auto", "dockerconfigjson", "dockercfg"]
+
+SECRET_TYPES: Mapping[str, tuple[str, Format]] = {
+    "kubernetes.io/dockerconfigjson": (".dockerconfigjson", "dockerconfigjson"),
+    "kubernetes.io/dockercfg": (".dockercfg", "dockercfg"),
+}
+
+# Fields the kubelet reads from an entry (Go's encoding/json matches them case-insensitively),
+# plus the token fields it ignores but other consumers (containerd) use.
+_STRING_FIELDS = ("username", "password", "email", "auth", "identitytoken", "registrytoken")
+SECRET_FIELDS = frozenset({"password", "auth", "identitytoken", "registrytoken"})
+
+
+def safe_key(key: str, limit: int = 120) -> str:
+    """A registry key as it may appear in a log line or error: escaped and bounded."""
+    text = json.dumps(key, ensure_ascii=True)[1:-1]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@dataclass(frozen=True)
+class RegistryCredential:
+    """One registry's credentials, as the kubelet will read them.
+
+    ``key`` is the ``auths`` key as written in the source (it is written back unchanged);
+    ``registry`` is the kubelet's normalised key and the identity used for merging.
+    """
+
+    key: str
+    registry: str
+    source: str
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+    auth: str = field(default="", repr=False)
+    email: str = ""
+    identitytoken: str = field(default="", repr=False)
+    registrytoken: str = field(default="", repr=False)
+
+    @property
+    def token_only(self) -> bool:
+        """True when only identitytoken/registrytoken are set, which the kubelet ignores."""
+        return not (self.auth or self.username or self.password) and bool(self.identitytoken or self.registrytoken)
+
+    def entry(self) -> dict[str, str]:
+        """The ``auths`` entry to write: the fields the source gave, in a fixed order."""
+        return {name: getattr(self, name) for name in _STRING_FIELDS if getattr(self, name)}
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value this credential carries, for the log redactor."""
+        values = [self.password, self.auth, self.identitytoken, self.registrytoken]
+        if self.auth:
+            with contextlib.suppress(ValueError):
+                values.append(decode_auth(self.auth)[1])
+        return tuple(v for v in values if v)
+
+
+@dataclass(frozen=True)
+class EntryProblem:
+    """A rejected entry or a warning about one: the key (safe to log) and the reason."""
+
+    key: str
+    registry: str | None
+    reason: str
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: registry {safe_key(self.key)!s}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """What one source yielded: usable credentials, rejected entries and warnings."""
+
+    source: str
+    credentials: tuple[RegistryCredential, ...]
+    rejected: tuple[EntryProblem, ...] = ()
+    warnings: tuple[EntryProblem, ...] = ()
+    secret_values: frozenset[str] = field(default=frozenset(), repr=False)
+    """Every secret string seen in the input, rejected entries included, for the log redactor."""
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """Credentials from every source, one per registry, in first-seen order (later sources win)."""
+
+    credentials: tuple[RegistryCredential, ...]
+    rejected: tuple[EntryProblem, ...]
+    warnings: tuple[EntryProblem, ...]
+    conflicts: tuple[EntryProblem, ...]
+
+    @property
+    def held_registries(self) -> frozenset[str]:
+        """Registries with a rejected entry and no good one: keep what the node has for them."""
+        good = {c.registry for c in self.credentials}
+        return frozenset(p.registry for p in self.rejected if p.registry and p.registry not in good)
+
+
+def _decode_text(data: bytes, source: str) -> str:
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputError(source, f"input is {len(data)} bytes, more than the {MAX_INPUT_BYTES} limit")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(source, f"input is not UTF-8 (byte {exc.start})") from None
+
+
+def _load_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InputError(source, "input is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        # exc.msg and the position only; never the document text.
+        raise InputError(source, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _entries(document: Any, source: str, fmt: Format) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        raise InputError(source, "top level is not a JSON object")
+    if fmt == "auto":
+        fmt = "dockerconfigjson" if "auths" in document else "dockercfg"
+    if fmt == "dockerconfigjson":
+        auths = document.get("auths")
+        if auths is None:
+            raise InputError(source, "no 'auths' object (is this a .dockercfg?)")
+        if not isinstance(auths, dict):
+            raise InputError(source, "'auths' is not a JSON object")
+        return auths
+    return document
+
+
+def _parse_entry(key: str, value: Any, source: str) -> tuple[RegistryCredential, list[str]]:
+    """Build one credential or raise ValueError with a reason that names no secret."""
+    warnings: list[str] = []
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise ValueError(f"key is longer than {MAX_KEY_BYTES} bytes")
+    try:
+        registry = normalise_key(key)
+    except InvalidRegistry as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(value, dict):
+        raise ValueError("entry is not a JSON object")
+    fields: dict[str, str] = {}
+    for name, item in value.items():
+        canonical = name.lower()
+        if canonical not in _STRING_FIELDS:
+            continue
+        if not isinstance(item, str):
+            raise ValueError(f"field '{canonical}' is not a string")
+        fields[canonical] = item
+    auth = fields.get("auth", "")
+    if auth:
+        user, password = decode_auth(auth)
+        given_user, given_password = fields.get("username"), fields.get("password")
+        if (given_user is not None and given_user != user) or (
+            given_password is not None and given_password != password
+        ):
+            warnings.append("username/password disagree with auth; the kubelet uses auth")
+    credential = RegistryCredential(key=key, registry=registry, source=source, **fields)
+    if credential.token_only:
+        warnings.append("only identitytoken/registrytoken set: the kubelet ignores this entry")
+    elif not (auth or credential.username or credential.password):
+        raise ValueError("entry has no credentials (no auth, username or password)")
+    return credential, warnings
+
+
+def parse_docker_config(data: bytes, *, source: str, fmt: Format = "auto") -> ParseResult:
+    """Parse a docker config document; reject bad entries alone, bad documents as a whole."""
+    document = _load_json(_decode_text(data, source), source)
+    entries = _entries(document, source, fmt)
+    if len(entries) > MAX_ENTRIES:
+        raise InputError(source, f"{len(entries)} registries, more than the {MAX_ENTRIES} limit")
+    credentials: list[RegistryCredential] = []
+    rejected: list[EntryProblem] = []
+    warnings: list[EntryProblem] = []
+    seen_secrets: set[str] = set()
+    for key, value in entries.items():
+        seen_secrets.update(_secret_strings(value))
+        try:
+            credential, notes = _parse_entry(key, value, source)
+        except ValueError as exc:
+            try:
+                registry: str | None = normalise_key(key)
+            except InvalidRegistry:
+                registry = None
+            rejected.append(EntryProblem(key=key, registry=registry, reason=str(exc), source=source))
+            continue
+        credentials.append(credential)
+        warnings.extend(
+            EntryProblem(key=key, registry=credential.registry, reason=note, source=source) for note in notes
+        )
+    return ParseResult(source, tuple(credentials), tuple(rejected), tuple(warnings), frozenset(seen_secrets))
+
+
+def _secret_strings(entry: Any) -> set[str]:
+    found: set[str] = set()
+    if not isinstance(entry, dict):
+        return found
+    for name, value in entry.items():
+        if name.lower() in SECRET_FIELDS and isinstance(value, str) and value:
+            found.add(value)
+            if name.lower() == "auth":
+                with contextlib.suppress(ValueError):
+                    found.add(decode_auth(value)[1])
+    return found
+
+
+def parse_secret(secret: Mapping[str, Any], *, source: str) -> ParseResult:
+    """Parse a Secret object (``type`` and base64 ``data``) of a docker config type."""
+    secret_type = secret.get("type")
+    if secret_type not in SECRET_TYPES:
+        raise InputError(source, f"Secret type {safe_key(str(secret_type))!s} is not a docker config type")
+    data_key, fmt = SECRET_TYPES[str(secret_type)]
+    data = secret.get("data") or {}
+    if not isinstance(data, Mapping) or not isinstance(data.get(data_key), str):
+        raise InputError(source, f"Secret has no '{data_key}' key")
+    try:
+        raw = base64.b64decode(data[data_key], validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(source, f"Secret key '{data_key}' is not valid base64") from None
+    return parse_docker_config(raw, source=source, fmt=fmt)
+
+
+def merge_credentials(results: Sequence[ParseResult] | Iterable[ParseResult]) -> MergeResult:
+    """Merge sources in order: a later source wins per registry, and the conflict is reported."""
+    merged: dict[str, RegistryCredential] = {}
+    rejected: list[EntryProblem] = []
+    warnings: list[EntryProblem] = []
+    conflicts: list[EntryProblem] = []
+    for result in results:
+        rejected.extend(result.rejected)
+        warnings.extend(result.warnings)
+        for credential in result.credentials:
+            previous = merged.get(credential.registry)
+            if previous is not None:
+                where = "another key in the same source" if previous.source == credential.source else previous.source
+                conflicts.append(
+                    EntryProblem(
+                        key=credential.key,
+                        registry=credential.registry,
+                        reason=f"same registry as {safe_key(previous.key)} in {where}; this one wins",
+                        source=credential.source,
+                    )
+                )
+            merged[credential.registry] = credential
+    return MergeResult(tuple(merged.values()), tuple(rejected), tuple(warnings), tuple(conflicts))

@@ -1,0 +1,260 @@
+"""The one writer of host files. Every target's bytes reach the node through here.
+
+Rules (design.md, "Rules for host writes"):
+
+* every path lives under the host root; host paths are absolute and never contain ``..``;
+* the final component is opened relative to its directory with ``O_NOFOLLOW`` and checked with
+  ``lstat``: a symlink is refused, never followed;
+* a write goes to a temp file created 0600 with ``O_EXCL`` in the target's directory, is
+  ``fsync``-ed, renamed over the target, and the directory is ``fsync``-ed; on any error the temp
+  file is removed and the old file is untouched;
+* identical bytes (and mode) are never rewritten;
+* a ``flock`` on the state directory keeps two agent processes on one node from interleaving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from nodeagent.errors import HostFSError, LockTimeout, NotARegularFile, SymlinkRefused
+
+__all__ = ["TEMP_MARKER", "HostFS", "WriteStats"]
+
+TEMP_MARKER = ".nodeagent-tmp-"
+"""Every temp file name contains this, so leftovers are recognisable (and swept)."""
+
+
+@dataclass
+class WriteStats:
+    """Counters for what this writer did (benchmarks, metrics, tests)."""
+
+    writes: int = 0
+    removals: int = 0
+    unchanged: int = 0
+    swept: int = 0
+    by_path: dict[str, int] = field(default_factory=dict)
+
+
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    return f"{name}: {os.strerror(exc.errno)}" if exc.errno else str(exc)
+
+
+class HostFS:
+    """Reads and writes host files under ``root`` (the ``--host-root``)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.stats = WriteStats()
+        self._swept: set[str] = set()
+
+    # -- paths -----------------------------------------------------------------------------
+    def real_path(self, host_path: str) -> str:
+        """The path on this machine for an absolute host path (``/var/lib/kubelet/config.json``)."""
+        pure = PurePosixPath(host_path)
+        if not pure.is_absolute() or ".." in pure.parts or "\x00" in host_path:
+            raise HostFSError(host_path, "host paths must be absolute and must not contain '..'")
+        return os.path.join(self.root, *pure.parts[1:])
+
+    def _split(self, host_path: str) -> tuple[str, str]:
+        real = self.real_path(host_path)
+        parent, name = os.path.split(real)
+        if not name:
+            raise HostFSError(host_path, "path names a directory, not a file")
+        return parent, name
+
+    @contextlib.contextmanager
+    def _dirfd(self, host_path: str, parent: str) -> Iterator[int]:
+        try:
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot open directory: {_describe(exc)}") from exc
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _lstat(host_path: str, name: str, dirfd: int) -> os.stat_result | None:
+        try:
+            st = os.lstat(name, dir_fd=dirfd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot stat: {_describe(exc)}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise SymlinkRefused(host_path, "is a symlink; refusing to follow it (remove it)")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFile(host_path, "is not a regular file (a directory or special file)")
+        return st
+
+    @staticmethod
+    def _read_at(host_path: str, name: str, dirfd: int) -> bytes | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dirfd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SymlinkRefused(host_path, "is a symlink; refusing to follow it") from exc
+            raise HostFSError(host_path, f"cannot open: {_describe(exc)}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotARegularFile(host_path, "is not a regular file")
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot read: {_describe(exc)}") from exc
+        finally:
+            os.close(fd)
+
+    # -- public operations -----------------------------------------------------------------
+    def read(self, host_path: str) -> bytes | None:
+        """The file's bytes, or None when it (or its directory) does not exist."""
+        parent, name = self._split(host_path)
+        try:
+            with self._dirfd(host_path, parent) as dirfd:
+                self._lstat(host_path, name, dirfd)
+                return self._read_at(host_path, name, dirfd)
+        except FileNotFoundError:
+            return None
+
+    def ensure_dir(self, host_path: str, mode: int = 0o755) -> None:
+        """Create a directory (and parents) if missing; a symlink or file in its place is refused."""
+        real = self.real_path(host_path)
+        try:
+            os.makedirs(real, mode=mode, exist_ok=True)
+            st = os.lstat(real)
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot create directory: {_describe(exc)}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise SymlinkRefused(host_path, "directory is a symlink; refusing to follow it")
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotARegularFile(host_path, "is not a directory")
+
+    def write(self, host_path: str, data: bytes, *, mode: int = 0o600) -> bool:
+        """Atomically replace the file with ``data``; return False when nothing had to change."""
+        parent, name = self._split(host_path)
+        try:
+            with self._dirfd(host_path, parent) as dirfd:
+                self._sweep(parent, dirfd)
+                st = self._lstat(host_path, name, dirfd)
+                unchanged = (
+                    st is not None
+                    and stat.S_IMODE(st.st_mode) == mode
+                    and self._read_at(host_path, name, dirfd) == data
+                )
+                if unchanged:
+                    self.stats.unchanged += 1
+                    return False
+                self._replace(host_path, name, dirfd, data, mode)
+        except FileNotFoundError as exc:
+            raise HostFSError(host_path, "its directory does not exist") from exc
+        self.stats.writes += 1
+        self.stats.by_path[host_path] = self.stats.by_path.get(host_path, 0) + 1
+        return True
+
+    def _replace(self, host_path: str, name: str, dirfd: int, data: bytes, mode: int) -> None:
+        tmp = f".{name[:64]}{TEMP_MARKER}{secrets.token_hex(6)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600, dir_fd=dirfd)
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot create temp file: {_describe(exc)}") from exc
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dirfd)
+            if isinstance(exc, OSError):
+                raise HostFSError(host_path, f"write failed, file unchanged: {_describe(exc)}") from exc
+            raise
+        try:
+            os.fsync(dirfd)
+        except OSError as exc:
+            raise HostFSError(host_path, f"written, but directory fsync failed: {_describe(exc)}") from exc
+
+    def remove(self, host_path: str) -> bool:
+        """Remove a file the agent owns; a symlink there is refused. False when already absent."""
+        parent, name = self._split(host_path)
+        try:
+            with self._dirfd(host_path, parent) as dirfd:
+                if self._lstat(host_path, name, dirfd) is None:
+                    return False
+                try:
+                    os.unlink(name, dir_fd=dirfd)
+                    os.fsync(dirfd)
+                except FileNotFoundError:
+                    return False
+                except OSError as exc:
+                    raise HostFSError(host_path, f"cannot remove: {_describe(exc)}") from exc
+        except FileNotFoundError:
+            return False
+        self.stats.removals += 1
+        return True
+
+    def _sweep(self, parent: str, dirfd: int) -> None:
+        """Remove temp files a killed agent left in this directory (once per directory)."""
+        if parent in self._swept:
+            return
+        self._swept.add(parent)
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(dirfd):
+                if TEMP_MARKER in entry and entry.startswith("."):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry, dir_fd=dirfd)
+                        self.stats.swept += 1
+
+    def leftover_temp_files(self, host_dir: str) -> list[str]:
+        """Temp files present in a host directory (for doctor and tests)."""
+        try:
+            names = os.listdir(self.real_path(host_dir))
+        except OSError:
+            return []
+        return sorted(n for n in names if TEMP_MARKER in n)
+
+    @contextlib.contextmanager
+    def lock(self, host_dir: str, *, timeout: float = 30.0) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on ``<host_dir>/lock`` for the duration of the block."""
+        self.ensure_dir(host_dir, mode=0o700)
+        path = self.real_path(host_dir.rstrip("/") + "/lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise HostFSError(host_dir, f"cannot open the lock file: {_describe(exc)}") from exc
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(
+                            host_dir, f"another nodeagent process holds the lock for over {timeout:g}s"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,236 @@
+"""Sources -> desired state -> plan -> apply, for one pass (``sync``) and for ``cleanup``.
+
+The plan is computed from pure renderers; only :class:`~nodeagent.hostfs.HostFS` touches the host.
+Order of writes for crash safety: the ledger is first written with the union of old and new
+ownership (so a crash never leaves an agent entry that looks foreign), then the target files,
+then the final ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeagent.config import SyncSettings
+from nodeagent.credentials import (
+    MAX_INPUT_BYTES,
+    SECRET_FIELDS,
+    EntryProblem,
+    MergeResult,
+    ParseResult,
+    RegistryCredential,
+    merge_credentials,
+    parse_docker_config,
+)
+from nodeagent.errors import InputError
+from nodeagent.hostfs import HostFS
+from nodeagent.ledger import FileRecord, Ledger
+from nodeagent.targets.kubelet import render_kubelet_config
+
+__all__ = [
+    "FileChange",
+    "SyncReport",
+    "cleanup",
+    "compute_revision",
+    "load_file_sources",
+    "redact_document",
+    "sync",
+]
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One host file's planned change; ``new`` is None when the file is to be removed."""
+
+    path: str
+    old: bytes | None
+    new: bytes | None
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+
+@dataclass
+class SyncReport:
+    """What a pass did (or, in a dry run, would do)."""
+
+    registries: int = 0
+    revision: str = ""
+    changes: list[FileChange] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    rejected: tuple[EntryProblem, ...] = ()
+    warnings: tuple[EntryProblem, ...] = ()
+    conflicts: tuple[EntryProblem, ...] = ()
+    dry_run: bool = False
+
+
+def load_file_sources(paths: Sequence[str]) -> list[ParseResult]:
+    """Read and parse each ``--from-file``; any unreadable file fails the whole pass."""
+    results = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_INPUT_BYTES + 1)
+        except OSError as exc:
+            raise InputError(path, f"cannot read: {exc.strerror}") from None
+        results.append(parse_docker_config(data, source=path))
+    return results
+
+
+def compute_revision(credentials: Sequence[RegistryCredential]) -> str:
+    """A short, stable fingerprint of the applied set (same on every node for the same input)."""
+    canonical = json.dumps(sorted([c.key, c.entry()] for c in credentials), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(b"nodeagent/revision/v1\0" + canonical.encode()).hexdigest()[:16]
+
+
+def redact_document(content: bytes | None, key: bytes | None = None) -> str:
+    """Render a config.json with every secret field masked, for people to read.
+
+    With ``key``, each secret becomes ``<redacted:xxxxxxxx>`` (an HMAC under a per-run key) so a
+    diff still shows *which* secret changed without revealing anything about it.
+    """
+    if content is None:
+        return ""
+    try:
+        document = json.loads(content)
+    except ValueError:
+        return "<unparseable content hidden>\n"
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (_mask_value(v, key) if str(k).lower() in SECRET_FIELDS else mask(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        return value
+
+    return json.dumps(mask(document), indent=2, ensure_ascii=False) + "\n"
+
+
+def _mask_value(value: Any, key: bytes | None) -> str:
+    if key is None:
+        return "***"
+    digest = hmac.new(key, json.dumps(value).encode(), hashlib.sha256).hexdigest()[:8]
+    return f"<redacted:{digest}>"
+
+
+def diff_changes(changes: Sequence[FileChange]) -> str:
+    """A unified diff of the planned changes with every secret masked."""
+    key = secrets.token_bytes(16)
+    parts: list[str] = []
+    for change in changes:
+        if not change.changed:
+            continue
+        old, new = redact_document(change.old, key), redact_document(change.new, key)
+        parts.extend(
+            difflib.unified_diff(
+                old.splitlines(keepends=True),
+                new.splitlines(keepends=True),
+                fromfile=f"{change.path} (node)" if change.old is not None else "/dev/null",
+                tofile=f"{change.path} (planned)" if change.new is not None else "/dev/null",
+            )
+        )
+    return "".join(parts)
+
+
+def _plan(
+    hostfs: HostFS,
+    settings: SyncSettings,
+    ledger: Ledger,
+    merged: MergeResult,
+) -> tuple[list[FileChange], Ledger]:
+    path = settings.kubelet_config
+    current = hostfs.read(path)
+    render = render_kubelet_config(
+        desired=merged.credentials,
+        current=current,
+        record=ledger.files.get(path),
+        path=path,
+        held=merged.held_registries,
+    )
+    new_ledger = Ledger(files=dict(ledger.files), revision=compute_revision(merged.credentials))
+    if render.record.owned or render.record.originals:
+        new_ledger.files[path] = render.record
+    else:
+        new_ledger.files.pop(path, None)
+    return [FileChange(path, current, render.content)], new_ledger
+
+
+def _intent(old: Ledger, new: Ledger) -> Ledger:
+    """Old and new ownership together: what to record before any target file changes."""
+    union = old.copy()
+    union.revision = new.revision
+    for path, record in new.files.items():
+        merged = union.files.setdefault(path, FileRecord(target=record.target, created=record.created))
+        merged.owned.update(record.owned)
+        merged.originals.update(record.originals)
+        merged.created = merged.created or record.created
+    return union
+
+
+def _apply(
+    hostfs: HostFS,
+    settings: SyncSettings,
+    ledger_bytes: bytes | None,
+    ledger: Ledger,
+    new_ledger: Ledger,
+    changes: Sequence[FileChange],
+    report: SyncReport,
+) -> None:
+    new_bytes = new_ledger.dump() if new_ledger.files else None
+    if not any(c.changed for c in changes) and new_bytes == ledger_bytes:
+        return
+    hostfs.ensure_dir(settings.state_dir, mode=0o700)
+    if any(c.changed for c in changes):
+        hostfs.write(settings.ledger_path, _intent(ledger, new_ledger).dump())
+    for change in changes:
+        if not change.changed:
+            continue
+        if change.new is None:
+            if hostfs.remove(change.path):
+                report.removed.append(change.path)
+        else:
+            hostfs.ensure_dir(change.path.rsplit("/", 1)[0] or "/")
+            if hostfs.write(change.path, change.new):
+                report.written.append(change.path)
+    if new_bytes is None:
+        hostfs.remove(settings.ledger_path)
+    else:
+        hostfs.write(settings.ledger_path, new_bytes)
+
+
+def sync(hostfs: HostFS, settings: SyncSettings, sources: Sequence[ParseResult]) -> SyncReport:
+    """One reconcile pass: merge ``sources`` into the node's files (or plan it, in a dry run)."""
+    merged = merge_credentials(sources)
+    report = SyncReport(
+        registries=len(merged.credentials),
+        revision=compute_revision(merged.credentials),
+        rejected=merged.rejected,
+        warnings=merged.warnings,
+        conflicts=merged.conflicts,
+        dry_run=settings.dry_run,
+    )
+    # A dry run takes no lock: it writes nothing and must work where the state dir is read-only.
+    lock = (
+        contextlib.nullcontext() if settings.dry_run else hostfs.lock(settings.state_dir, timeout=settings.lock_timeout)
+    )
+    with lock:
+        ledger_bytes = hostfs.read(settings.ledger_path)
+        ledger = Ledger.load(ledger_bytes, source=settings.ledger_path)
+        report.changes, new_ledger = _plan(hostfs, settings, ledger, merged)
+        if not settings.dry_run:
+            _apply(hostfs, settings, ledger_bytes, ledger, new_ledger, report.changes, report)
+    return report
+
+
+def cleanup(hostfs: HostFS, settings: SyncSettings) -> SyncReport:
+    """Remove everything the ledger says the agent owns and restore the foreign originals."""
+    return sync(hostfs, settings, [])

@@ -1,0 +1,165 @@
+"""The kubelet target: merge managed entries into the kubelet's ``config.json``.
+
+``render_kubelet_config`` is pure. It keeps every foreign ``auths`` entry and every unknown
+top-level key, parks a foreign entry it replaces in the ledger record and restores it when the
+managed entry goes away, and refuses to produce a file the kubelet would reject (one bad
+``auth`` makes the kubelet ignore the whole file and fall through to the next search path).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nodeagent.credentials import RegistryCredential, safe_key
+from nodeagent.errors import TargetError
+from nodeagent.ledger import FileRecord
+from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
+
+__all__ = ["TARGET", "KubeletRender", "kubelet_problems", "render_kubelet_config"]
+
+TARGET = "kubelet"
+_KUBELET_FIELDS = ("username", "password", "email", "auth")
+
+
+@dataclass(frozen=True)
+class KubeletRender:
+    """The new file content (None: delete the file) and the new ledger record."""
+
+    content: bytes | None
+    record: FileRecord
+
+
+def kubelet_problems(document: Any) -> list[str]:
+    """Why the kubelet would reject this parsed config.json as a whole (empty: it would accept it).
+
+    Go's encoding/json matches field names case-insensitively and fails the whole decode on a
+    type mismatch; the entry decoder then fails on an ``auth`` that does not decode.
+    """
+    if not isinstance(document, dict):
+        return ["top level is not a JSON object"]
+    problems: list[str] = []
+    for name, value in document.items():
+        lowered = name.lower()
+        if lowered == "auths" and value is not None and not isinstance(value, dict):
+            problems.append(f"top-level '{safe_key(name)}' is not an object")
+        if (
+            lowered == "httpheaders"
+            and value is not None
+            and not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
+        ):
+            problems.append(f"top-level '{safe_key(name)}' is not a map of strings")
+    auths = _auths_of(document)
+    for key, entry in auths.items():
+        reason = _entry_problem(entry)
+        if reason:
+            problems.append(f"entry {safe_key(key)}: {reason}")
+    return problems
+
+
+def _auths_of(document: dict[str, Any]) -> dict[str, Any]:
+    for name, value in document.items():
+        if name.lower() == "auths" and isinstance(value, dict):
+            return value
+    return {}
+
+
+def _entry_problem(entry: Any) -> str | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        return "entry is not a JSON object"
+    auth = ""
+    for name, value in entry.items():
+        if name.lower() in _KUBELET_FIELDS:
+            if not isinstance(value, str):
+                return f"field '{safe_key(name)}' is not a string"
+            if name.lower() == "auth":
+                auth = value
+    if auth:
+        try:
+            decode_auth(auth)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _identity(key: str) -> str | None:
+    try:
+        return normalise_key(key)
+    except InvalidRegistry:
+        return None
+
+
+def render_kubelet_config(
+    *,
+    desired: Sequence[RegistryCredential],
+    current: bytes | None,
+    record: FileRecord | None,
+    path: str,
+    held: Collection[str] = (),
+) -> KubeletRender:
+    """Merge ``desired`` into the current ``config.json`` bytes.
+
+    ``held`` names registries whose source entry was rejected: the entries the agent already
+    wrote for them stay as they are, rather than being removed on the strength of bad input.
+    """
+    old = record or FileRecord(target=TARGET, created=current is None)
+    document: dict[str, Any]
+    if current is None:
+        document = {}
+    else:
+        try:
+            loaded = json.loads(current.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise TargetError(
+                path, "the existing file is not valid JSON; refusing to overwrite it (fix or remove it)"
+            ) from None
+        if not isinstance(loaded, dict):
+            raise TargetError(path, "the existing file is not a JSON object; refusing to overwrite it")
+        document = loaded
+    auths_value = document.get("auths", {})
+    if not isinstance(auths_value, dict):
+        raise TargetError(path, "the existing 'auths' is not an object; refusing to overwrite it")
+    auths: dict[str, Any] = dict(auths_value)
+    wanted = {c.registry for c in desired}
+    new = FileRecord(target=TARGET, created=old.created or current is None)
+
+    # 1. Take back what the agent wrote (except held registries), and put back originals it no
+    #    longer replaces.
+    for key, registry in old.owned.items():
+        if registry in held and registry not in wanted:
+            if key in auths:
+                new.owned[key] = registry
+            continue
+        auths.pop(key, None)
+    for key, entry in old.originals.items():
+        identity = _identity(key)
+        if identity in wanted or identity in held:
+            new.originals[key] = entry
+        elif key not in auths:
+            auths[key] = entry
+
+    # 2. Park foreign entries for the same registry, then write the managed ones.
+    for credential in desired:
+        for key in [k for k in auths if k not in new.owned and _identity(k) == credential.registry]:
+            # A foreign entry re-added since an earlier park is the newer intent: it replaces the old.
+            new.originals[key] = auths.pop(key)
+        auths[credential.key] = credential.entry()
+        new.owned[credential.key] = credential.registry
+
+    if not auths and new.created and set(document) <= {"auths"}:
+        return KubeletRender(content=None, record=new)
+    document["auths"] = auths
+    problems = kubelet_problems(document)
+    if problems:
+        raise TargetError(
+            path,
+            "the kubelet would ignore the whole file because of "
+            + "; ".join(problems)
+            + " (fix or remove the foreign entry; nothing was written)",
+        )
+    content = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return KubeletRender(content=content, record=new)
