@@ -158,6 +158,8 @@ def _entries(document: Any, source: str, fmt: Format) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InputError(source, "top level is not a JSON object")
     if fmt == "auto":
+        if "auths" not in document and not all(isinstance(v, dict) for v in document.values()):
+            raise InputError(source, "no 'auths' object, and not a .dockercfg map of registry entries")
         fmt = "dockerconfigjson" if "auths" in document else "dockercfg"
     if fmt == "dockerconfigjson":
         auths = document.get("auths")

@@ -1,0 +1,160 @@
+"""The real ``nodeagent`` CLI, run as a process: exit codes, JSON logs, and no secret anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import b64
+
+SENTINEL = "SENTINEL-s3cr3t-7f1c"
+SENTINEL_B64 = b64(f"user:{SENTINEL}")
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NODEAGENT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "nodeagent", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
+
+
+def _write(path: Path, document: object) -> str:
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def _assert_clean(result: subprocess.CompletedProcess[str], host_root: Path) -> None:
+    for text in (result.stdout, result.stderr):
+        assert SENTINEL not in text
+        assert SENTINEL_B64 not in text
+    ledger = host_root / "var/lib/nodeagent/state.json"
+    if ledger.exists():
+        assert SENTINEL not in ledger.read_text()
+        assert SENTINEL_B64 not in ledger.read_text()
+
+
+def _events(stderr: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> str:
+    return _write(
+        tmp_path / "good.json",
+        {"auths": {"r.example.com": {"auth": SENTINEL_B64}, "s.example.com": {"username": "u", "password": SENTINEL}}},
+    )
+
+
+def test_sync_success(host_root: Path, good: str) -> None:
+    """A clean sync exits 0, logs JSON events with registry counts, and prints no secret."""
+    result = _run("sync", "--once", "--from-file", good, "--host-root", str(host_root), "--log-format", "json")
+    assert 0 == result.returncode, result.stderr
+    events = _events(result.stderr)
+    assert ["sync_done"] == [e["event"] for e in events]
+    assert 2 == events[0]["registries"]
+    _assert_clean(result, host_root)
+    assert SENTINEL in (host_root / "var/lib/kubelet/config.json").read_text()
+
+
+def test_rejected_entry_exit_code_and_naming(host_root: Path, tmp_path: Path) -> None:
+    """A rejected entry gives exit 3, names the registry, and leaks nothing of the bad value."""
+    source = _write(
+        tmp_path / "mixed.json",
+        {"auths": {"ok.example.com": {"auth": SENTINEL_B64}, "bad.example.com": {"auth": SENTINEL + "!"}}},
+    )
+    result = _run("sync", "--from-file", source, "--host-root", str(host_root), "--log-format", "json")
+    assert 3 == result.returncode
+    rejected = [e for e in _events(result.stderr) if e["event"] == "entry_rejected"]
+    assert ["bad.example.com"] == [e["registry"] for e in rejected]
+    _assert_clean(result, host_root)
+
+
+def test_unparseable_input_exit_1_nothing_written(host_root: Path, tmp_path: Path, good: str) -> None:
+    """An unparseable source fails the whole run (exit 1) and writes nothing, even with a good source."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"auths": {"r.example.com": {"auth": "' + SENTINEL)
+    result = _run("sync", "--from-file", good, "--from-file", str(bad), "--host-root", str(host_root))
+    assert 1 == result.returncode
+    assert not (host_root / "var/lib/kubelet/config.json").exists()
+    assert "sync_failed" == _events(result.stderr)[-1]["event"]
+    _assert_clean(result, host_root)
+
+
+def test_foreign_breakage_exit_1(host_root: Path, good: str) -> None:
+    """A foreign entry the kubelet cannot read stops the write with exit 1, naming the entry."""
+    target = host_root / "var/lib/kubelet/config.json"
+    target.write_text(json.dumps({"auths": {"foreign.example.com": {"auth": SENTINEL}}}))
+    result = _run("sync", "--from-file", good, "--host-root", str(host_root))
+    assert 1 == result.returncode
+    assert "foreign.example.com" in result.stderr
+    _assert_clean(result, host_root)
+
+
+def test_symlink_target_exit_1(host_root: Path, good: str, tmp_path: Path) -> None:
+    """A symlink planted at config.json is reported, and its target stays untouched."""
+    outside = tmp_path / "outside"
+    outside.write_text("precious")
+    (host_root / "var/lib/kubelet/config.json").symlink_to(outside)
+    result = _run("sync", "--from-file", good, "--host-root", str(host_root))
+    assert 1 == result.returncode
+    assert "SymlinkRefused" in result.stderr
+    assert "precious" == outside.read_text()
+    _assert_clean(result, host_root)
+
+
+def test_dry_run_prints_redacted_diff(host_root: Path, good: str) -> None:
+    """--dry-run prints a diff naming registries, masks secrets, and writes nothing."""
+    result = _run("sync", "--dry-run", "--from-file", good, "--host-root", str(host_root))
+    assert 0 == result.returncode
+    assert "r.example.com" in result.stdout and "<redacted:" in result.stdout
+    assert not (host_root / "var/lib/kubelet/config.json").exists()
+    assert not (host_root / "var/lib/nodeagent").exists()
+    _assert_clean(result, host_root)
+
+
+def test_show_and_cleanup(host_root: Path, good: str) -> None:
+    """show masks secrets; cleanup removes what the agent wrote."""
+    assert 0 == _run("sync", "--from-file", good, "--host-root", str(host_root)).returncode
+    shown = _run("show", "--host-root", str(host_root))
+    assert 0 == shown.returncode
+    assert "r.example.com" in shown.stdout and "***" in shown.stdout
+    _assert_clean(shown, host_root)
+    cleaned = _run("cleanup", "--host-root", str(host_root))
+    assert 0 == cleaned.returncode
+    assert not (host_root / "var/lib/kubelet/config.json").exists()
+    _assert_clean(cleaned, host_root)
+
+
+def test_settings_errors_exit_2(tmp_path: Path, good: str) -> None:
+    """A bad flag value fails at start with exit 2 and a sentence naming the flag."""
+    missing = _run("sync", "--from-file", good, "--host-root", str(tmp_path / "nope"))
+    assert 2 == missing.returncode
+    assert "--host-root" in missing.stderr
+    relative = _run("sync", "--from-file", good, "--host-root", str(tmp_path), "--kubelet-root-dir", "var/lib")
+    assert 2 == relative.returncode
+    assert 2 == _run("sync", "--host-root", str(tmp_path)).returncode
+
+
+def test_env_settings(host_root: Path, good: str) -> None:
+    """NODEAGENT_* environment variables configure sync like flags do."""
+    env = dict(
+        os.environ, NODEAGENT_HOST_ROOT=str(host_root), NODEAGENT_FROM_FILE=good, NODEAGENT_KUBELET_ROOT_DIR="/k"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "nodeagent", "sync"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert 0 == result.returncode, result.stderr
+    assert (host_root / "k/config.json").exists()
+
+
+def test_version() -> None:
+    """`nodeagent version` and `--version` print the package version."""
+    from nodeagent import __version__
+
+    assert f"nodeagent {__version__}\n" == _run("version").stdout
+    assert f"nodeagent {__version__}\n" == _run("--version").stdout

@@ -1,0 +1,42 @@
+"""The pure core never does host I/O or talks to Kubernetes (style.md: layers with one direction)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "nodeagent"
+PURE = ["registries.py", "credentials.py", "ledger.py", "targets/kubelet.py", "targets/__init__.py", "errors.py"]
+FORBIDDEN = {"os", "shutil", "pathlib", "subprocess", "socket", "kubernetes", "nodeagent.hostfs", "nodeagent.cli"}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_modules_import_no_io(module: str) -> None:
+    """Pure modules import nothing that touches the host or the network."""
+    imported = _imports(PACKAGE / module)
+    assert set() == {name for name in imported if name in FORBIDDEN or name.split(".")[0] in {"kubernetes"}}
+
+
+def test_only_hostfs_writes() -> None:
+    """No module but hostfs calls os.rename/os.unlink/os.write on host paths."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "hostfs.py":
+            continue
+        text = path.read_text()
+        offenders += [
+            f"{path.name}:{call}" for call in ("os.rename", "os.unlink", "os.write(", "os.replace") if call in text
+        ]
+    assert [] == offenders
