@@ -143,10 +143,14 @@ def render_kubelet_config(
             auths[key] = entry
 
     # 2. Park foreign entries for the same registry, then write the managed ones.
+    foreign_by_registry: dict[str | None, list[str]] = {}
+    for key in auths:
+        foreign_by_registry.setdefault(_identity(key), []).append(key)
     for credential in desired:
-        for key in [k for k in auths if k not in new.owned and _identity(k) == credential.registry]:
-            # A foreign entry re-added since an earlier park is the newer intent: it replaces the old.
-            new.originals[key] = auths.pop(key)
+        for key in foreign_by_registry.get(credential.registry, ()):
+            if key in auths and key not in new.owned:
+                # A foreign entry re-added since an earlier park is the newer intent: it replaces the old.
+                new.originals[key] = auths.pop(key)
         auths[credential.key] = credential.entry()
         new.owned[credential.key] = credential.registry
 
