@@ -10,16 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from nodeagent.config import SyncSettings  # noqa: E402
-from nodeagent.hostfs import HostFS  # noqa: E402
-from nodeagent.reconcile import load_file_sources, sync  # noqa: E402
+from nodeagent.config import SyncSettings
+from nodeagent.hostfs import HostFS
+from nodeagent.reconcile import load_file_sources, sync
 
 SIZES = (10, 1_000, 10_000)
 REPEATS = 5
