@@ -1,4 +1,4 @@
-"""The ``nodeagent`` command line: ``sync``, ``cleanup``, ``show``, ``version``.
+"""The ``nodeagent`` command line: ``run``, ``sync``, ``cleanup``, ``show``, ``version``.
 
 Exit codes (also in README.md):
 
@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from nodeagent import __version__
+from nodeagent.agent import Agent, RunSettings, SourceSpec
 from nodeagent.config import DEFAULT_KUBELET_ROOT_DIR, DEFAULT_STATE_DIR, SyncSettings, default_host_root
 from nodeagent.credentials import EntryProblem, safe_key
 from nodeagent.errors import NodeagentError, SettingsError
 from nodeagent.hostfs import HostFS
+from nodeagent.kube import KubeAPI, KubeError, KubernetesClient
 from nodeagent.ledger import Ledger
 from nodeagent.observe.logging import configure_logging, get_logger
 from nodeagent.reconcile import SyncReport, cleanup, diff_changes, load_file_sources, redact_document, sync
@@ -32,6 +36,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+
+_SECRET_REF = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 def _env(name: str, default: str) -> str:
@@ -84,8 +90,53 @@ def build_parser() -> argparse.ArgumentParser:
     p_show = sub.add_parser("show", help="print the files the agent manages, secrets masked")
     _add_host_flags(p_show)
 
+    p_run = sub.add_parser("run", help="the long-running agent: watch sources, keep the node in sync")
+    p_run.set_defaults(sources=None)
+    p_run.add_argument(
+        "--secret",
+        action=_AppendSource,
+        dest="sources",
+        metavar="NAMESPACE/NAME",
+        help="a dockerconfigjson/dockercfg Secret to watch (repeatable; env NODEAGENT_SECRETS, comma-separated)",
+    )
+    p_run.add_argument(
+        "--from-file",
+        action=_AppendSource,
+        dest="sources",
+        metavar="PATH",
+        help="a mounted Secret file to watch (repeatable; env NODEAGENT_FROM_FILE); sources merge in the "
+        "order given, later wins per registry",
+    )
+    p_run.add_argument("--kubeconfig", default=_env("KUBECONFIG", "") or None, help="default: in-cluster config")
+    p_run.add_argument("--node-name", default=os.environ.get("NODE_NAME") or _env("NODE_NAME", "") or None)
+    p_run.add_argument(
+        "--listen", default=_env("LISTEN", "0.0.0.0:9808"), help="HOST:PORT of /healthz, /readyz, /metrics"
+    )
+    p_run.add_argument("--on-secret-deleted", choices=("keep", "remove"), default=_env("ON_SECRET_DELETED", "keep"))
+    p_run.add_argument("--resync-interval", type=float, default=float(_env("RESYNC_INTERVAL", "600")))
+    p_run.add_argument("--no-events", action="store_true", default=_env_flag("EVENTS"), help="do not create Events")
+    p_run.add_argument(
+        "--no-annotations", action="store_true", default=_env_flag("ANNOTATIONS"), help="do not annotate the Node"
+    )
+    p_run.add_argument("--event-namespace", default=_env("EVENT_NAMESPACE", "default"))
+    _add_host_flags(p_run)
+
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _env_flag(name: str) -> bool:
+    """True when ``NODEAGENT_<name>`` switches a feature off (``false``/``0``/``no``)."""
+    return _env(name, "true").strip().lower() in ("false", "0", "no", "off")
+
+
+class _AppendSource(argparse.Action):
+    """Append ("secret"|"file", value) to one list, so --secret and --from-file keep their order."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        current = list(getattr(namespace, self.dest) or [])
+        current.append(("secret" if option == "--secret" else "file", str(values)))
+        setattr(namespace, self.dest, current)
 
 
 def _settings(args: argparse.Namespace, files: Sequence[str] = (), dry_run: bool = False) -> SyncSettings:
@@ -154,6 +205,58 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_settings(args: argparse.Namespace) -> RunSettings:
+    sources = args.sources
+    if sources is None:
+        sources = [("secret", v) for v in _env("SECRETS", "").split(",") if v.strip()]
+        sources += [("file", v) for v in _env("FROM_FILE", "").split(",") if v.strip()]
+    if not sources:
+        raise SettingsError("run needs at least one --secret NAMESPACE/NAME or --from-file PATH")
+    specs = []
+    for kind, value in sources:
+        value = value.strip()
+        if kind == "secret" and not _SECRET_REF.match(value):
+            raise SettingsError(f"--secret {value!r} is not NAMESPACE/NAME (lower-case DNS names)")
+        specs.append(SourceSpec(kind, value))
+    if len({s.label for s in specs}) != len(specs):
+        raise SettingsError("the same source is given twice")
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"--listen {args.listen!r} is not HOST:PORT")
+    if args.resync_interval < 1:
+        raise SettingsError("--resync-interval must be at least 1 second")
+    return RunSettings(
+        sync=_settings(args),
+        sources=tuple(specs),
+        node_name=args.node_name,
+        kubeconfig=args.kubeconfig,
+        listen_host=host.strip("[]") or "0.0.0.0",  # noqa: S104
+        listen_port=int(port),
+        on_secret_deleted=args.on_secret_deleted,
+        resync_interval=args.resync_interval,
+        events=not args.no_events,
+        annotations=not args.no_annotations,
+        event_namespace=args.event_namespace,
+    )
+
+
+def _cmd_run(args: argparse.Namespace, log: Any, redactor: Any) -> int:
+    settings = _run_settings(args)
+    api: KubeAPI | None = None
+    needs_api = any(s.kind == "secret" for s in settings.sources) or settings.kubeconfig
+    if needs_api:
+        api = KubernetesClient(settings.kubeconfig)
+    elif settings.node_name and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            api = KubernetesClient(None)
+        except KubeError as exc:
+            log.warning("api_unavailable", error=str(exc), consequence="no Events, annotations or node scoping")
+    agent = Agent(settings, api=api, redactor=redactor)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: agent.shutdown())
+    return agent.run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -167,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_sync(args, log, redactor)
         if args.command == "cleanup":
             return _cmd_cleanup(args, log)
+        if args.command == "run":
+            return _cmd_run(args, log, redactor)
         return _cmd_show(args)
     except SettingsError as exc:
         log.error("settings_invalid", error=str(exc))

@@ -146,15 +146,20 @@ def _plan(
     settings: SyncSettings,
     ledger: Ledger,
     merged: MergeResult,
+    hold_all: bool,
 ) -> tuple[list[FileChange], Ledger]:
     path = settings.kubelet_config
     current = hostfs.read(path)
+    record = ledger.files.get(path)
+    held = set(merged.held_registries)
+    if hold_all and record is not None:
+        held.update(record.owned.values())
     render = render_kubelet_config(
         desired=merged.credentials,
         current=current,
-        record=ledger.files.get(path),
+        record=record,
         path=path,
-        held=merged.held_registries,
+        held=held,
     )
     new_ledger = Ledger(files=dict(ledger.files), revision=compute_revision(merged.credentials))
     if render.record.owned or render.record.originals:
@@ -207,8 +212,14 @@ def _apply(
         hostfs.write(settings.ledger_path, new_bytes)
 
 
-def sync(hostfs: HostFS, settings: SyncSettings, sources: Sequence[ParseResult]) -> SyncReport:
-    """One reconcile pass: merge ``sources`` into the node's files (or plan it, in a dry run)."""
+def sync(
+    hostfs: HostFS, settings: SyncSettings, sources: Sequence[ParseResult], *, hold_all: bool = False
+) -> SyncReport:
+    """One reconcile pass: merge ``sources`` into the node's files (or plan it, in a dry run).
+
+    ``hold_all`` keeps every entry the agent already wrote that the sources no longer name: used
+    while some source's state is unknown or unusable, so nothing is removed on partial knowledge.
+    """
     merged = merge_credentials(sources)
     report = SyncReport(
         registries=len(merged.credentials),
@@ -225,7 +236,7 @@ def sync(hostfs: HostFS, settings: SyncSettings, sources: Sequence[ParseResult])
     with lock:
         ledger_bytes = hostfs.read(settings.ledger_path)
         ledger = Ledger.load(ledger_bytes, source=settings.ledger_path)
-        report.changes, new_ledger = _plan(hostfs, settings, ledger, merged)
+        report.changes, new_ledger = _plan(hostfs, settings, ledger, merged, hold_all)
         if not settings.dry_run:
             _apply(hostfs, settings, ledger_bytes, ledger, new_ledger, report.changes, report)
     return report

@@ -1,0 +1,415 @@
+"""``nodeagent run``: the DaemonSet's long-running loop.
+
+Sources report in their own threads; one reconcile loop (the main thread) owns every host write.
+A pass runs when a source changes, when a watched target file changes (drift), on a retry after
+a failure, and every ``resync_interval`` as a safety net. Each source keeps its last good
+content: a Secret that turns invalid, or is deleted (by default), leaves the node as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nodeagent.config import SyncSettings
+from nodeagent.credentials import ParseResult, safe_key
+from nodeagent.errors import NodeagentError
+from nodeagent.hostfs import HostFS
+from nodeagent.kube import KubeAPI, KubeError
+from nodeagent.observe.events import EventRecorder
+from nodeagent.observe.health import HealthServer
+from nodeagent.observe.logging import Redactor, get_logger
+from nodeagent.observe.metrics import Metrics
+from nodeagent.reconcile import SyncReport, sync
+from nodeagent.selectors import InvalidSelector, Selector, parse_selector
+from nodeagent.sources import SourceUpdate
+from nodeagent.sources.files import DirectoryWatch, FileWatcher
+from nodeagent.sources.kube import NodeWatcher, SecretWatcher
+
+__all__ = ["REVISION_ANNOTATION", "SYNCED_AT_ANNOTATION", "Agent", "RunSettings", "SourceSpec"]
+
+REVISION_ANNOTATION = "nodeagent.io/credentials-revision"
+SYNCED_AT_ANNOTATION = "nodeagent.io/synced-at"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: Literal["secret", "file"]
+    ref: str  # "namespace/name" or a path
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of ``nodeagent run`` (the shared host settings live in ``sync``)."""
+
+    sync: SyncSettings
+    sources: tuple[SourceSpec, ...]
+    node_name: str | None = None
+    kubeconfig: str | None = None
+    listen_host: str = "0.0.0.0"  # noqa: S104 - the kubelet's probes and Prometheus reach the pod IP
+    listen_port: int = 9808
+    on_secret_deleted: Literal["keep", "remove"] = "keep"
+    """Keep by default: one accidental ``kubectl delete secret`` must not break pulls on every node."""
+    resync_interval: float = 600.0
+    """A full pass every 10 min catches anything the watches missed, at negligible cost."""
+    events: bool = True
+    annotations: bool = True
+    event_namespace: str = "default"
+    """Events about cluster-scoped Nodes live in ``default``, where ``kubectl describe node`` finds them."""
+    drift_limit: int = 5
+    """More external rewrites than this per minute is a fight with another writer: back off."""
+    drift_backoff: float = 300.0
+
+
+@dataclass
+class _SourceState:
+    spec: SourceSpec
+    reported: bool = False
+    status: str = "unknown"
+    last_good: ParseResult | None = None
+    selector: Selector | None = None
+    error: str | None = None
+    resource_version: str | None = None
+
+
+@dataclass
+class _Status:
+    first_sync_done: bool = False
+    last_pass_ok: bool = False
+    heartbeat: float = field(default_factory=time.monotonic)
+    annotated_revision: str | None = None
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: RunSettings,
+        *,
+        api: KubeAPI | None,
+        redactor: Redactor,
+        metrics: Metrics | None = None,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.redactor = redactor
+        self.metrics = metrics or Metrics()
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.hostfs = HostFS(settings.sync.host_root)
+        self.log = get_logger(node=settings.node_name)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._states = {spec.label: _SourceState(spec) for spec in settings.sources}
+        self._pending_since: float | None = None
+        self._drift_pending = False
+        self._drift_writes: list[float] = []
+        self._drift_paused_until = 0.0
+        self._node_labels: dict[str, str] | None = None
+        self._status = _Status()
+        self._watchers: list[Any] = []
+        self._events = (
+            EventRecorder(api=api, node_name=settings.node_name, namespace=settings.event_namespace)
+            if api is not None and settings.node_name and settings.events
+            else None
+        )
+
+    # -- callbacks from source threads ---------------------------------------------------------
+    def on_update(self, update: SourceUpdate) -> None:
+        state = self._states[update.source]
+        log = self.log.bind(source=update.source, resource_version=update.resource_version)
+        if update.result is not None:
+            self.redactor.add(update.result.secret_values)
+        event: tuple[str, str, bool] | None = None
+        with self._lock:
+            state.reported = True
+            state.resource_version = update.resource_version
+            state.error = update.error
+            selector_problem = None
+            try:
+                state.selector = parse_selector(update.node_selector) if update.node_selector else None
+            except InvalidSelector as exc:
+                selector_problem = str(exc)
+            if selector_problem is not None:
+                state.status = "invalid"
+                state.error = f"annotation nodeagent.io/node-selector: {selector_problem}"
+            elif update.kind == "data":
+                state.status, state.last_good = "valid", update.result
+            elif update.kind == "invalid":
+                state.status = "invalid"
+            elif self.settings.on_secret_deleted == "remove":
+                state.status, state.last_good = update.kind, None
+            else:
+                state.status = update.kind
+            if self._pending_since is None:
+                self._pending_since = update.received
+        self.metrics.source_valid.labels(update.source).set(1 if state.status == "valid" else 0)
+        if state.status == "valid":
+            log.info("source_updated", registries=len(update.result.credentials) if update.result else 0)
+        elif state.status == "invalid":
+            log.error(
+                "source_invalid", error=state.error, keeping="last good content" if state.last_good else "node as is"
+            )
+            event = ("SourceInvalid", f"{update.source}: {state.error}; keeping the last good credentials", True)
+        elif update.kind in ("deleted", "absent"):
+            keep = self.settings.on_secret_deleted == "keep"
+            log.warning(
+                "source_deleted" if update.kind == "deleted" else "source_absent",
+                error=update.error,
+                policy=self.settings.on_secret_deleted,
+                consequence="credentials kept on the node" if keep else "credentials removed from the node",
+            )
+            event = ("SourceDeleted", f"{update.source} not found; credentials {'kept' if keep else 'removed'}", True)
+        if event is not None:
+            self._emit(event[0], event[1], warning=event[2])
+        self._wake.set()
+
+    def on_node(self, labels: dict[str, str], uid: str) -> None:
+        with self._lock:
+            changed = labels != self._node_labels
+            self._node_labels = labels
+            if self._events is not None:
+                self._events.node_uid = uid
+            if changed and self._pending_since is None:
+                self._pending_since = self.clock()
+        if changed:
+            self.log.info("node_labels_updated", labels=len(labels))
+            self._wake.set()
+
+    def _on_drift(self, received: float) -> None:
+        if self.clock() < self._drift_paused_until:
+            return
+        with self._lock:
+            self._drift_pending = True
+            if self._pending_since is None:
+                self._pending_since = received
+        self._wake.set()
+
+    def _on_watch_start(self, label: str) -> None:
+        self.metrics.watch_starts.labels(label).inc()
+
+    def shutdown(self) -> None:
+        """Ask the loop to stop after the pass in flight (signal handlers call this)."""
+        self.stop.set()
+        self._wake.set()
+
+    # -- health --------------------------------------------------------------------------------
+    def alive(self) -> bool:
+        return self.clock() - self._status.heartbeat < 60
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._status.first_sync_done:
+            return False, "first sync not done"
+        stalled = [w.label for w in self._watchers if not w.watching]
+        if stalled:
+            return False, "not watching: " + ", ".join(stalled)
+        return True, "ok"
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _start_sources(self) -> None:
+        for spec in self.settings.sources:
+            if spec.kind == "file":
+                watcher: Any = FileWatcher(spec.ref, self.on_update)
+            else:
+                if self.api is None:
+                    raise NodeagentError("a --secret source needs API access")
+                namespace, name = spec.ref.split("/", 1)
+                watcher = SecretWatcher(
+                    api=self.api,
+                    namespace=namespace,
+                    name=name,
+                    sink=self.on_update,
+                    stop=self.stop,
+                    on_start=self._on_watch_start,
+                )
+            self._watchers.append(watcher)
+            watcher.start()
+            if spec.kind == "file":
+                self._on_watch_start(watcher.label)
+        if self.api is not None and self.settings.node_name:
+            node = NodeWatcher(
+                api=self.api,
+                name=self.settings.node_name,
+                on_labels=self.on_node,
+                stop=self.stop,
+                on_start=self._on_watch_start,
+            )
+            self._watchers.append(node)
+            node.start()
+
+    def _start_drift_watch(self) -> DirectoryWatch:
+        target = self.hostfs.real_path(self.settings.sync.kubelet_config)
+        self.hostfs.ensure_dir(os.path.dirname(self.settings.sync.kubelet_config))
+        watch = DirectoryWatch([os.path.dirname(target)], self._on_drift, names=frozenset({os.path.basename(target)}))
+        watch.start()
+        return watch
+
+    def run(self) -> int:
+        """Run until ``stop`` is set; return the process exit code."""
+        server = HealthServer(
+            self.settings.listen_host,
+            self.settings.listen_port,
+            alive=self.alive,
+            ready=self.ready,
+            metrics=self.metrics.render,
+        )
+        server.start()
+        self.log.info("agent_started", sources=[s.label for s in self.settings.sources], port=server.port)
+        self._start_sources()
+        drift = self._start_drift_watch()
+        next_resync = self.clock() + self.settings.resync_interval
+        retry_at: float | None = None
+        failures = 0
+        try:
+            while not self.stop.is_set():
+                self._status.heartbeat = self.clock()
+                now = self.clock()
+                due = min(next_resync, retry_at or next_resync)
+                woke = self._wake.wait(timeout=max(0.0, min(5.0, due - now)))
+                self._status.heartbeat = self.clock()
+                if self.stop.is_set():
+                    break
+                if not woke and self.clock() < due:
+                    continue
+                self._wake.clear()
+                if not all(s.reported for s in self._states.values()):
+                    continue  # start-up: reconcile once from every source's current state
+                if self._pass():
+                    failures, retry_at = 0, None
+                else:
+                    failures += 1
+                    retry_at = self.clock() + min(300.0, 2.0**failures)
+                next_resync = self.clock() + self.settings.resync_interval
+        finally:
+            drift.stop()
+            for watcher in self._watchers:
+                if isinstance(watcher, FileWatcher):
+                    watcher.stop()
+            server.stop()
+            self.log.info("agent_stopped")
+        return 0
+
+    def _desired(self) -> tuple[list[ParseResult], bool, list[str]]:
+        """The sources that apply to this node, in order, and whether to hold everything."""
+        results: list[ParseResult] = []
+        hold_all = False
+        held_because: list[str] = []
+        with self._lock:
+            labels = self._node_labels
+            for state in self._states.values():
+                if state.selector is not None:
+                    if labels is None:
+                        hold_all = True
+                        held_because.append(f"{state.spec.label}: node labels not known yet")
+                        continue
+                    if not state.selector.matches(labels):
+                        continue
+                if state.last_good is not None:
+                    results.append(state.last_good)
+                elif state.status == "invalid" or (
+                    state.status in ("deleted", "absent") and self.settings.on_secret_deleted == "keep"
+                ):
+                    hold_all = True
+                    held_because.append(f"{state.spec.label}: {state.status} with no last good content")
+        return results, hold_all, held_because
+
+    def _pass(self) -> bool:
+        with self._lock:
+            pending_since, self._pending_since = self._pending_since, None
+            drift, self._drift_pending = self._drift_pending, False
+        results, hold_all, held_because = self._desired()
+        stats = self.hostfs.stats
+        changes_before = stats.writes + stats.removals
+        try:
+            report = sync(self.hostfs, self.settings.sync, results, hold_all=hold_all)
+        except NodeagentError as exc:
+            self.metrics.syncs.labels("failure").inc()
+            self._status.last_pass_ok = False
+            self.log.error("sync_failed", error=str(exc), error_type=type(exc).__name__)
+            self._emit("CredentialsSyncFailed", str(exc), warning=True)
+            return False
+        done = self.clock()
+        self.metrics.syncs.labels("partial" if report.rejected else "success").inc()
+        self.metrics.last_success.set(time.time())
+        self.metrics.managed.set(report.registries)
+        self.metrics.writes.inc(stats.writes + stats.removals - changes_before)
+        for problem in report.rejected:
+            self.metrics.rejected.labels(problem.source).inc()
+        if pending_since is not None:
+            self.metrics.propagation.observe(max(0.0, done - pending_since))
+        wrote = bool(report.written or report.removed)
+        if drift and wrote:
+            self._drift_repaired(done)
+        self._log_report(report, held_because, latency=None if pending_since is None else done - pending_since)
+        self._status.first_sync_done = True
+        self._status.last_pass_ok = True
+        if wrote or self._status.annotated_revision != report.revision:
+            self._annotate(report)
+        return True
+
+    def _drift_repaired(self, now: float) -> None:
+        self.metrics.drift_repairs.inc()
+        self._drift_writes = [t for t in self._drift_writes if now - t < 60] + [now]
+        self.log.warning("drift_repaired", path=self.settings.sync.kubelet_config)
+        if len(self._drift_writes) > self.settings.drift_limit:
+            self._drift_paused_until = now + self.settings.drift_backoff
+            self._drift_writes.clear()
+            message = (
+                f"{self.settings.sync.kubelet_config} was rewritten by another writer more than "
+                f"{self.settings.drift_limit} times in a minute; pausing drift repair for "
+                f"{self.settings.drift_backoff:g}s (the periodic resync still runs)"
+            )
+            self.log.error("drift_fight", message=message)
+            self._emit("DriftFight", message, warning=True)
+
+    def _log_report(self, report: SyncReport, held_because: list[str], latency: float | None) -> None:
+        for problem in report.rejected:
+            self.log.error(
+                "entry_rejected", registry=safe_key(problem.key), source=problem.source, reason=problem.reason
+            )
+        for problem in report.conflicts:
+            self.log.warning(
+                "registry_conflict", registry=safe_key(problem.key), source=problem.source, reason=problem.reason
+            )
+        self.log.info(
+            "sync_done",
+            registries=report.registries,
+            revision=report.revision,
+            written=report.written,
+            removed=report.removed,
+            rejected=len(report.rejected),
+            holding=held_because,
+            latency_ms=None if latency is None else round(latency * 1000, 2),
+            sources={label: s.resource_version for label, s in self._states.items()},
+        )
+        if report.written or report.removed:
+            self._emit("CredentialsSynced", f"{report.registries} registries, revision {report.revision}")
+        if report.rejected:
+            keys = ", ".join(sorted({safe_key(p.key, 60) for p in report.rejected}))[:600]
+            self._emit("EntriesRejected", f"rejected registry entries: {keys}", warning=True)
+
+    def _emit(self, reason: str, message: str, *, warning: bool = False) -> None:
+        if self._events is not None:
+            self._events.emit(reason, message, warning=warning)
+
+    def _annotate(self, report: SyncReport) -> None:
+        if self.api is None or not self.settings.node_name or not self.settings.annotations:
+            return
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            self.api.patch_node_annotations(
+                self.settings.node_name, {REVISION_ANNOTATION: report.revision, SYNCED_AT_ANNOTATION: stamp}
+            )
+            self._status.annotated_revision = report.revision
+        except KubeError as exc:
+            self.log.warning("annotate_failed", error=str(exc))

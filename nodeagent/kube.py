@@ -1,0 +1,158 @@
+"""The Kubernetes API seam: the few calls the agent makes, behind a narrow Protocol.
+
+:class:`KubeAPI` is what the rest of the agent sees; :class:`KubernetesClient` implements it
+with the official ``kubernetes`` client (configuration, authentication, TLS and HTTP), asking
+for raw JSON (``_preload_content=False``) so watch events are read line by line exactly as the
+server sends them, and Secrets never pass through model objects. Every transport failure
+becomes a :class:`KubeError`; nothing else in the agent sees a client or urllib3 exception.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from nodeagent.errors import NodeagentError
+
+__all__ = ["KubeAPI", "KubeError", "KubernetesClient"]
+
+
+class KubeError(NodeagentError):
+    """An API call failed. ``status`` is the HTTP status, or None for a connection failure."""
+
+    def __init__(self, what: str, status: int | None, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{what}: {status or 'connection'} {reason}".strip())
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class KubeAPI(Protocol):
+    def list_secret(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
+        """The Secret (raw JSON) or None, and the list's resourceVersion."""
+
+    def watch(
+        self, path: str, *, name: str, resource_version: str, timeout_seconds: int, read_timeout: float
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events (raw JSON) of one named object in a collection path, e.g. ``namespaces/ns/secrets``."""
+
+    def get_node(self, name: str) -> dict[str, Any]:
+        """The Node (raw JSON)."""
+
+    def patch_node_annotations(self, name: str, annotations: dict[str, str | None]) -> None:
+        """Merge-patch the Node's annotations (None deletes a key)."""
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a core/v1 Event."""
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return float(headers.get("Retry-After")) if headers and headers.get("Retry-After") else None
+    except (TypeError, ValueError):
+        return None
+
+
+class KubernetesClient:
+    """:class:`KubeAPI` over the official client; in-cluster config unless a kubeconfig is given."""
+
+    def __init__(self, kubeconfig: str | None = None, *, connect_timeout: float = 5.0) -> None:
+        from kubernetes import client, config  # the edge of the agent: imported only here
+
+        configuration = client.Configuration()
+        try:
+            if kubeconfig:
+                config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+            else:
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except Exception as exc:  # the loaders raise several unrelated types
+            where = kubeconfig or "the in-cluster service account"
+            raise KubeError(f"loading API credentials from {where}", None, type(exc).__name__) from None
+        configuration.retries = 0  # the agent does its own backoff with jitter
+        self._api_client = client.ApiClient(configuration)
+        self._core = client.CoreV1Api(self._api_client)
+        self._exceptions = (client.ApiException, Exception)
+        self._connect_timeout = connect_timeout
+
+    def _call(self, what: str, fn: Any, *args: Any, read_timeout: float = 30.0, **kwargs: Any) -> Any:
+        from kubernetes.client import ApiException
+
+        try:
+            return fn(*args, _preload_content=False, _request_timeout=(self._connect_timeout, read_timeout), **kwargs)
+        except ApiException as exc:
+            raise KubeError(what, exc.status, str(exc.reason or ""), _retry_after(exc.headers)) from None
+        except Exception as exc:  # urllib3 / socket errors: never surface the transport type
+            raise KubeError(what, None, type(exc).__name__) from None
+
+    def list_secret(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
+        response = self._call(
+            f"list secret {namespace}/{name}",
+            self._core.list_namespaced_secret,
+            namespace,
+            field_selector=f"metadata.name={name}",
+        )
+        body = json.loads(response.data)
+        items = body.get("items") or []
+        return (items[0] if items else None), str(body.get("metadata", {}).get("resourceVersion", ""))
+
+    def watch(
+        self, path: str, *, name: str, resource_version: str, timeout_seconds: int, read_timeout: float
+    ) -> Iterator[dict[str, Any]]:
+        fn: Any
+        args: tuple[str, ...]
+        if path == "nodes":
+            fn, args = self._core.list_node, ()
+        else:
+            _, namespace, _ = path.split("/")
+            fn, args = self._core.list_namespaced_secret, (namespace,)
+        response = self._call(
+            f"watch {path}/{name}",
+            fn,
+            *args,
+            field_selector=f"metadata.name={name}",
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout_seconds,
+            watch=True,
+            read_timeout=read_timeout,
+        )
+        try:
+            buffer = b""
+            for chunk in response.stream(amt=None, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+            if buffer.strip():
+                yield json.loads(buffer)
+        except json.JSONDecodeError:
+            raise KubeError(f"watch {path}/{name}", None, "undecodable event") from None
+        except Exception as exc:
+            raise KubeError(f"watch {path}/{name}", None, type(exc).__name__) from None
+        finally:
+            response.release_conn()
+
+    def get_node(self, name: str) -> dict[str, Any]:
+        response = self._call(f"get node {name}", self._core.read_node, name)
+        return dict(json.loads(response.data))
+
+    def patch_node_annotations(self, name: str, annotations: dict[str, str | None]) -> None:
+        from kubernetes.client import ApiException
+
+        body = {"metadata": {"annotations": annotations}}
+        try:
+            self._core.patch_node(
+                name,
+                body,
+                _content_type="application/merge-patch+json",
+                _request_timeout=(self._connect_timeout, 10.0),
+            )
+        except ApiException as exc:
+            raise KubeError(f"patch node {name}", exc.status, str(exc.reason or "")) from None
+        except Exception as exc:
+            raise KubeError(f"patch node {name}", None, type(exc).__name__) from None
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        self._call(f"create event in {namespace}", self._core.create_namespaced_event, namespace, body)

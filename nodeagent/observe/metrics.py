@@ -1,0 +1,44 @@
+"""Prometheus metrics (prometheus-client), in a registry of the agent's own.
+
+Labels carry only source names (``secret:ns/name``, ``file:/path``) and fixed words, never a
+registry credential or any value from a Secret's data.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.syncs = Counter("nodeagent_syncs_total", "Reconcile passes by result", ["result"], registry=r)
+        self.last_success = Gauge(
+            "nodeagent_last_success_timestamp_seconds", "Unix time of the last successful pass", registry=r
+        )
+        self.managed = Gauge("nodeagent_managed_registries", "Registries the agent manages on this node", registry=r)
+        self.watch_starts = Counter(
+            "nodeagent_source_watch_starts_total", "Source watches (re)started", ["source"], registry=r
+        )
+        self.source_valid = Gauge(
+            "nodeagent_source_valid", "1 when the source's current content is usable", ["source"], registry=r
+        )
+        self.rejected = Counter(
+            "nodeagent_rejected_entries_total", "Registry entries rejected from a source", ["source"], registry=r
+        )
+        self.drift_repairs = Counter(
+            "nodeagent_drift_repairs_total", "Target files rewritten after an external change", registry=r
+        )
+        self.writes = Counter("nodeagent_writes_total", "Host files written or removed", registry=r)
+        self.propagation = Histogram(
+            "nodeagent_propagation_seconds",
+            "From a source change reaching the agent to the files being durable on the node",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,54 @@
+"""Credential sources: a Secret watched through the API, or a mounted file watched on disk.
+
+Each source runs in its own thread and reports :class:`SourceUpdate` objects to a callback;
+the agent keeps the last good state of every source and reconciles from all of them in order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from nodeagent.credentials import ParseResult
+
+__all__ = ["NODE_SELECTOR_ANNOTATION", "Backoff", "SourceUpdate", "UpdateKind", "UpdateSink"]
+
+NODE_SELECTOR_ANNOTATION = "nodeagent.io/node-selector"
+
+UpdateKind = Literal["data", "invalid", "deleted", "absent"]
+
+
+@dataclass(frozen=True)
+class SourceUpdate:
+    """What a source saw. ``result`` is set for ``data``; ``error`` names the problem otherwise."""
+
+    source: str
+    kind: UpdateKind
+    received: float
+    """``time.monotonic()`` when the change reached the agent (for propagation latency)."""
+    result: ParseResult | None = None
+    error: str | None = None
+    node_selector: str | None = None
+    resource_version: str | None = None
+
+
+UpdateSink = Callable[[SourceUpdate], None]
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter (AWS architecture blog's "full jitter")."""
+
+    def __init__(self, *, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
+        self.base, self.cap = base, cap
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 32)
+        return self._rng.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self._attempt = 0

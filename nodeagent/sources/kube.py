@@ -1,0 +1,235 @@
+"""Watch one Secret (and the agent's own Node) through the API, surviving the real server's behaviour.
+
+List, then watch from the list's resourceVersion with ``fieldSelector=metadata.name=NAME`` (so a
+Role restricted by ``resourceNames`` is enough) and ``allowWatchBookmarks``. A watch ends
+cleanly after a server-side ``timeoutSeconds`` (jittered, so a fleet of agents does not
+reconnect in step) and is resumed from the last resourceVersion seen, bookmarks included. The
+client read timeout (90 s) is longer than the bookmark interval (about 60 s on a real server),
+so a silent but healthy watch is never mistaken for a dead one. ``410 Gone`` (HTTP status or
+ERROR event) means re-list. Connection failures, 5xx and 429 back off exponentially with jitter
+up to 30 s (honouring ``Retry-After``); 401/403 are reported with an RBAC hint and retried slowly.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nodeagent.credentials import parse_secret
+from nodeagent.errors import InputError
+from nodeagent.kube import KubeAPI, KubeError
+from nodeagent.observe.logging import get_logger
+from nodeagent.sources import NODE_SELECTOR_ANNOTATION, Backoff, SourceUpdate, UpdateKind, UpdateSink
+
+__all__ = ["NodeWatcher", "SecretWatcher", "newer_or_equal"]
+
+WATCH_TIMEOUT_RANGE = (240, 360)
+"""Server-side watch timeout in seconds, drawn per watch (client-go reflectors use 5-10 min)."""
+
+READ_TIMEOUT = 90.0
+"""Client inactivity limit: longer than the ~60 s bookmark interval of a real API server."""
+
+FORBIDDEN_RETRY = 60.0
+"""401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
+
+
+class _Relist(Exception):
+    pass
+
+
+def newer_or_equal(candidate: str, current: str | None) -> bool:
+    """Whether ``candidate`` is not older than ``current``.
+
+    resourceVersions are opaque by contract, but every real server uses the etcd revision, an
+    integer; when both parse as integers they are compared, otherwise the candidate is accepted.
+    """
+    if not current or not candidate:
+        return True
+    try:
+        return int(candidate) >= int(current)
+    except ValueError:
+        return True
+
+
+class _Watcher(threading.Thread):
+    """Shared list/watch loop; subclasses say what to fetch and what to do with objects."""
+
+    path: str
+
+    def __init__(self, *, api: KubeAPI, name: str, stop: threading.Event, on_start: Callable[[str], None]) -> None:
+        super().__init__(daemon=True, name=f"watch-{name}")
+        self.api, self.obj_name, self.stop = api, name, stop
+        self.watching = False
+        self._on_start = on_start
+        self._rng = random.Random()  # noqa: S311 - jitter only
+        self._backoff = Backoff(rng=self._rng)
+        self._last_rv: str | None = None
+        self.log = get_logger(watch=self.label)
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    def _list(self) -> tuple[dict[str, Any] | None, str]:
+        raise NotImplementedError
+
+    def _apply(self, event_type: str, obj: dict[str, Any] | None) -> None:
+        raise NotImplementedError
+
+    def _accept(self, obj: dict[str, Any] | None, event_type: str) -> None:
+        rv = str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
+        if obj is not None and not newer_or_equal(rv, self._last_rv):
+            self.log.warning("stale_object_ignored", resource_version=rv, current=self._last_rv)
+            return
+        if rv:
+            self._last_rv = rv
+        self._apply(event_type, obj)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                obj, list_rv = self._list()
+                self._accept(obj, "LIST")
+                self._watch_from(list_rv)
+            except _Relist:
+                self.watching = False
+                self.log.info("watch_expired_relisting")
+                self.stop.wait(self._rng.uniform(0, 0.2))
+            except KubeError as exc:
+                self.watching = False
+                self._failed(exc)
+
+    def _watch_from(self, rv: str) -> None:
+        self._on_start(self.label)
+        while not self.stop.is_set():
+            self.watching = True
+            timeout = self._rng.randint(*WATCH_TIMEOUT_RANGE)
+            for event in self.api.watch(
+                self.path, name=self.obj_name, resource_version=rv, timeout_seconds=timeout, read_timeout=READ_TIMEOUT
+            ):
+                if self.stop.is_set():
+                    return
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    code = obj.get("code")
+                    if code == 410:
+                        raise _Relist()
+                    raise KubeError(
+                        f"watch {self.label}", code if isinstance(code, int) else None, str(obj.get("reason"))
+                    )
+                new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                if kind == "BOOKMARK":
+                    rv = new_rv
+                    continue
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    self._accept(obj, str(kind))
+                    if newer_or_equal(new_rv, rv):
+                        rv = new_rv
+            self._backoff.reset()
+
+    def _failed(self, exc: KubeError) -> None:
+        if exc.status == 410:
+            return
+        if exc.status in (401, 403):
+            delay = self._rng.uniform(FORBIDDEN_RETRY / 2, FORBIDDEN_RETRY)
+            self.log.error(
+                "watch_forbidden",
+                status=exc.status,
+                error=str(exc),
+                hint=self.rbac_hint,
+                retry_in_s=round(delay, 1),
+            )
+        else:
+            delay = self._backoff.next()
+            if exc.retry_after:
+                delay = max(delay, min(exc.retry_after, 30.0))
+            self.log.warning("watch_failed", status=exc.status, error=str(exc), retry_in_s=round(delay, 2))
+        self.stop.wait(delay)
+
+    rbac_hint = ""
+
+
+class SecretWatcher(_Watcher):
+    """Keeps one Secret's parsed state flowing to the agent."""
+
+    def __init__(
+        self,
+        *,
+        api: KubeAPI,
+        namespace: str,
+        name: str,
+        sink: UpdateSink,
+        stop: threading.Event,
+        on_start: Callable[[str], None],
+    ) -> None:
+        self.namespace = namespace
+        self.path = f"namespaces/{namespace}/secrets"
+        self._sink = sink
+        self._seen = False
+        super().__init__(api=api, name=name, stop=stop, on_start=on_start)
+        self.rbac_hint = (
+            f"grant get/list/watch on secrets named {name!r} in namespace {namespace!r} to the agent's "
+            "service account (a Role with resourceNames and a RoleBinding)"
+        )
+
+    @property
+    def label(self) -> str:
+        return f"secret:{self.namespace}/{self.obj_name}"
+
+    def _list(self) -> tuple[dict[str, Any] | None, str]:
+        return self.api.list_secret(self.namespace, self.obj_name)
+
+    def _apply(self, event_type: str, obj: dict[str, Any] | None) -> None:
+        now = time.monotonic()
+        metadata = (obj or {}).get("metadata") or {}
+        rv = metadata.get("resourceVersion")
+        if obj is None or event_type == "DELETED":
+            kind: UpdateKind = "deleted" if self._seen or event_type == "DELETED" else "absent"
+            self._sink(SourceUpdate(self.label, kind, now, error="Secret not found", resource_version=rv))
+            return
+        self._seen = True
+        selector = (metadata.get("annotations") or {}).get(NODE_SELECTOR_ANNOTATION)
+        try:
+            result = parse_secret(obj, source=self.label)
+        except InputError as exc:
+            self._sink(
+                SourceUpdate(self.label, "invalid", now, error=exc.reason, node_selector=selector, resource_version=rv)
+            )
+            return
+        self._sink(SourceUpdate(self.label, "data", now, result=result, node_selector=selector, resource_version=rv))
+
+
+class NodeWatcher(_Watcher):
+    """Follows the agent's own Node's labels (for node-scoped Secrets) and uid (for Events)."""
+
+    path = "nodes"
+
+    def __init__(
+        self,
+        *,
+        api: KubeAPI,
+        name: str,
+        on_labels: Callable[[dict[str, str], str], None],
+        stop: threading.Event,
+        on_start: Callable[[str], None],
+    ) -> None:
+        self._on_labels = on_labels
+        super().__init__(api=api, name=name, stop=stop, on_start=on_start)
+        self.rbac_hint = "grant get and watch on nodes to the agent's service account (a ClusterRole)"
+
+    @property
+    def label(self) -> str:
+        return f"node:{self.obj_name}"
+
+    def _list(self) -> tuple[dict[str, Any] | None, str]:
+        node = self.api.get_node(self.obj_name)
+        return node, str((node.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _apply(self, event_type: str, obj: dict[str, Any] | None) -> None:
+        if obj is None or event_type == "DELETED":
+            return
+        metadata = obj.get("metadata") or {}
+        self._on_labels(dict(metadata.get("labels") or {}), str(metadata.get("uid") or ""))
