@@ -115,6 +115,7 @@ class Agent:
         self._drift_pending = False
         self._drift_writes: list[float] = []
         self._drift_paused_until = 0.0
+        self._written_stat: tuple[int, int, int] | None = None
         self._node_labels: dict[str, str] | None = None
         self._status = _Status()
         self._watchers: list[Any] = []
@@ -186,13 +187,20 @@ class Agent:
             self.log.info("node_labels_updated", labels=len(labels))
             self._wake.set()
 
+    def _target_stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.lstat(self.hostfs.real_path(self.settings.sync.kubelet_config))
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
     def _on_drift(self, received: float) -> None:
         if self.clock() < self._drift_paused_until:
             return
+        if self._target_stat() == self._written_stat:
+            return  # the event was the agent's own rename
         with self._lock:
             self._drift_pending = True
-            if self._pending_since is None:
-                self._pending_since = received
         self._wake.set()
 
     def _on_watch_start(self, label: str) -> None:
@@ -338,6 +346,7 @@ class Agent:
             self.log.error("sync_failed", error=str(exc), error_type=type(exc).__name__)
             self._emit("CredentialsSyncFailed", str(exc), warning=True)
             return False
+        self._written_stat = self._target_stat()
         done = self.clock()
         self.metrics.syncs.labels("partial" if report.rejected else "success").inc()
         self.metrics.last_success.set(time.time())
@@ -381,7 +390,8 @@ class Agent:
             self.log.warning(
                 "registry_conflict", registry=safe_key(problem.key), source=problem.source, reason=problem.reason
             )
-        self.log.info(
+        changed = bool(report.written or report.removed or report.rejected)
+        (self.log.info if changed or latency is not None else self.log.debug)(
             "sync_done",
             registries=report.registries,
             revision=report.revision,

@@ -1,0 +1,213 @@
+"""The real ``nodeagent run`` process against the fake API server: every Secret life-cycle event."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.fake_kube import FakeKube, Fault
+from tests.integration.conftest import NODE, SENTINEL, AgentProcess, dockerconfig, wait_for
+
+NS, NAME = "registry-creds", "central"
+PW1, PW2 = f"{SENTINEL}-one", f"{SENTINEL}-two"
+Start = Callable[..., AgentProcess]
+
+
+def _put(kube: FakeKube, entries: dict[str, str], **kwargs: object) -> int:
+    return kube.put_secret(NS, NAME, data={".dockerconfigjson": dockerconfig(entries)}, **kwargs)  # type: ignore[arg-type]
+
+
+def test_create_update_and_status(kube: FakeKube, start_agent: Start) -> None:
+    """A Secret reaches config.json; a rotation follows; status shows in annotations, events, metrics, probes."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    wait_for(lambda: agent.http("/readyz")[0] == 200, "readiness")
+    assert 200 == agent.http("/healthz")[0]
+    _put(kube, {"r.example.com": PW2, "s.example.com": PW1})
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW2, "s.example.com": PW1}, "rotation")
+    annotations = wait_for(
+        lambda: (
+            (a := kube.node(NODE)["metadata"]["annotations"]).get("nodeagent.io/credentials-revision")
+            and agent.events("sync_done")[-1]["revision"] == a["nodeagent.io/credentials-revision"]
+            and a
+        ),
+        "revision annotation",
+    )
+    assert "nodeagent.io/synced-at" in annotations
+    assert "CredentialsSynced" in {e["reason"] for e in kube.events}
+    assert all(e["involvedObject"]["name"] == NODE for e in kube.events)
+    assert agent.metric('nodeagent_syncs_total{result="success"}') >= 2
+    assert 2 == agent.metric("nodeagent_managed_registries")
+    assert agent.metric("nodeagent_propagation_seconds_count") >= 2
+    assert all(SENTINEL not in json.dumps(e) for e in kube.events)
+
+
+def test_invalid_secret_keeps_last_good_and_recovers(kube: FakeKube, start_agent: Start) -> None:
+    """Malformed content or a wrong type keeps the node's credentials, is reported, and heals when fixed."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    kube.put_secret(NS, NAME, data={".dockerconfigjson": b'{"auths": {"r.example.com": {"auth": "' + PW2.encode()})
+    wait_for(lambda: agent.events("source_invalid"), "invalid reported")
+    wait_for(lambda: "SourceInvalid" in {e["reason"] for e in kube.events}, "SourceInvalid event")
+    assert 0 == agent.metric('nodeagent_source_valid{source="secret:registry-creds/central"}')
+    kube.put_secret(NS, NAME, type_="Opaque", data={"x": b"y"})
+    wait_for(lambda: len(agent.events("source_invalid")) >= 2, "wrong type reported")
+    assert {"r.example.com": PW1} == agent.passwords()
+    _put(kube, {"r.example.com": PW2})
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW2}, "recovery")
+
+
+def test_rejected_entry_named_rest_applies(kube: FakeKube, start_agent: Start) -> None:
+    """One bad entry is rejected and named; the good ones apply."""
+    data = json.loads(dockerconfig({"good.example.com": PW1}))
+    data["auths"]["bad.example.com"] = {"auth": PW2 + "!"}
+    kube.put_secret(NS, NAME, data={".dockerconfigjson": json.dumps(data).encode()})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"good.example.com": PW1}, "good entry")
+    assert ["bad.example.com"] == [e["registry"] for e in agent.events("entry_rejected")][:1]
+
+
+def test_delete_keeps_by_default_then_recreate(kube: FakeKube, start_agent: Start) -> None:
+    """A deleted Secret leaves the credentials on the node (warned loudly); a recreated one applies."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    kube.delete_secret(NS, NAME)
+    wait_for(lambda: agent.events("source_deleted"), "delete reported")
+    wait_for(lambda: "SourceDeleted" in {e["reason"] for e in kube.events}, "SourceDeleted event")
+    assert {"r.example.com": PW1} == agent.passwords()
+    _put(kube, {"r.example.com": PW2})
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW2}, "recreated")
+
+
+def test_delete_with_remove_policy(kube: FakeKube, start_agent: Start) -> None:
+    """--on-secret-deleted=remove takes the credentials off the node."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}", "--on-secret-deleted", "remove")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    kube.delete_secret(NS, NAME)
+    wait_for(lambda: agent.config() is None, "credentials removed")
+
+
+def test_empty_auths_removes(kube: FakeKube, start_agent: Start) -> None:
+    """A Secret whose auths is empty removes its credentials."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    _put(kube, {})
+    wait_for(lambda: agent.config() is None, "credentials removed")
+
+
+def test_expired_and_dropped_watches_recover(kube: FakeKube, start_agent: Start) -> None:
+    """410 Gone re-lists, a dropped stream reconnects, 500 and 429 back off; changes still arrive."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    wait_for(lambda: kube.active_watches >= 2, "watches open")
+    kube.expire()
+    wait_for(lambda: agent.events("watch_expired_relisting"), "relist after 410")
+    _put(kube, {"r.example.com": PW2})
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW2}, "update after 410")
+    kube.inject(Fault("status", 500), Fault("status", 429))
+    kube.drop_watches()
+    wait_for(lambda: len(agent.events("watch_failed")) >= 2, "faults seen")
+    _put(kube, {"r.example.com": PW1})
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "update after drops and faults")
+    assert agent.metric("nodeagent_source_watch_starts_total") >= 3
+
+
+def test_forbidden_reported_with_rbac_hint(kube: FakeKube, start_agent: Start) -> None:
+    """A 403 is logged with an RBAC hint and the agent is not ready."""
+    kube.forbidden_secrets.add((NS, NAME))
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    event = wait_for(lambda: agent.events("watch_forbidden"), "forbidden reported")[0]
+    assert 403 == event["status"]
+    assert "resourceNames" in event["hint"]
+    assert 503 == agent.http("/readyz")[0]
+
+
+def test_node_scoping_follows_relabel(kube: FakeKube, start_agent: Start) -> None:
+    """A Secret scoped by node selector applies only while the node's labels match."""
+    _put(kube, {"gpu.example.com": PW1}, annotations={"nodeagent.io/node-selector": "pool in (gpu), !tainted"})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.events("sync_done"), "first sync")
+    assert {} == agent.passwords()
+    kube.put_node(NODE, {"pool": "gpu"})
+    wait_for(lambda: agent.passwords() == {"gpu.example.com": PW1}, "credentials after relabel")
+    kube.put_node(NODE, {"pool": "gpu", "tainted": "yes"})
+    wait_for(lambda: agent.config() is None, "credentials removed after relabel")
+
+
+def test_drift_repaired(kube: FakeKube, start_agent: Start) -> None:
+    """An external delete or edit of config.json is repaired, and counted."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    path = agent.host_root / "var/lib/kubelet/config.json"
+    path.unlink()
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "repair after delete")
+    path.write_text(json.dumps({"auths": {"other.example.com": {"auth": "dTpw"}}}))
+    wait_for(lambda: agent.passwords().get("r.example.com") == PW1, "repair after edit")
+    assert "other.example.com" in agent.passwords()  # a foreign entry someone added is kept
+    assert agent.metric("nodeagent_drift_repairs_total") >= 2
+
+
+def test_drift_fight_backs_off(kube: FakeKube, start_agent: Start) -> None:
+    """A writer that keeps fighting the agent makes it back off and report, not loop."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    path = agent.host_root / "var/lib/kubelet/config.json"
+    for _ in range(12):
+        before = agent.metric("nodeagent_drift_repairs_total")
+        path.write_text('{"auths": {}}')
+        if agent.events("drift_fight"):
+            break
+        wait_for(
+            lambda b=before: agent.metric("nodeagent_drift_repairs_total") > b or agent.events("drift_fight"),
+            "repair",
+        )
+    wait_for(lambda: agent.events("drift_fight"), "fight reported")
+    assert "DriftFight" in {e["reason"] for e in kube.events}
+
+
+def test_mounted_file_source_follows_kubelet_swap(tmp_path: Path, start_agent: Start) -> None:
+    """--from-file follows the kubelet's ..data symlink swap of a Secret volume, without API access."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    first = volume / "..2026_01_01_00_00_00.1"
+    first.mkdir()
+    (first / ".dockerconfigjson").write_bytes(dockerconfig({"r.example.com": PW1}))
+    (volume / "..data").symlink_to(first.name)
+    (volume / ".dockerconfigjson").symlink_to("..data/.dockerconfigjson")
+    agent = start_agent("--from-file", str(volume / ".dockerconfigjson"), kubeconfig=False)
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    second = volume / "..2026_01_01_00_01_00.2"
+    second.mkdir()
+    (second / ".dockerconfigjson").write_bytes(dockerconfig({"r.example.com": PW2}))
+    (volume / "..data_tmp").symlink_to(second.name)
+    os.rename(volume / "..data_tmp", volume / "..data")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW2}, "update after swap")
+
+
+def test_sources_merge_in_order(tmp_path: Path, kube: FakeKube, start_agent: Start) -> None:
+    """--secret and --from-file merge in the order given; the later source wins per registry."""
+    _put(kube, {"r.example.com": PW1, "s.example.com": PW1})
+    override = tmp_path / "override.json"
+    override.write_bytes(dockerconfig({"r.example.com": PW2}))
+    agent = start_agent("--secret", f"{NS}/{NAME}", "--from-file", str(override))
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW2, "s.example.com": PW1}, "merged")
+    assert agent.events("registry_conflict")
+
+
+def test_sigterm_exits_cleanly(kube: FakeKube, start_agent: Start) -> None:
+    """SIGTERM stops the agent with exit code 0 and no temp file left."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    assert 0 == agent.stop()
+    assert agent.events("agent_stopped")
