@@ -68,6 +68,8 @@ class RunSettings:
     drift_limit: int = 5
     """More external rewrites than this per minute is a fight with another writer: back off."""
     drift_backoff: float = 300.0
+    forbidden_retry: float = 60.0
+    """401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
 
 
 @dataclass
@@ -239,6 +241,7 @@ class Agent:
                     sink=self.on_update,
                     stop=self.stop,
                     on_start=self._on_watch_start,
+                    forbidden_retry=self.settings.forbidden_retry,
                 )
             self._watchers.append(watcher)
             watcher.start()
@@ -251,6 +254,7 @@ class Agent:
                 on_labels=self.on_node,
                 stop=self.stop,
                 on_start=self._on_watch_start,
+                forbidden_retry=self.settings.forbidden_retry,
             )
             self._watchers.append(node)
             node.start()

@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-annotations", action="store_true", default=_env_flag("ANNOTATIONS"), help="do not annotate the Node"
     )
     p_run.add_argument("--event-namespace", default=_env("EVENT_NAMESPACE", "default"))
+    p_run.add_argument(
+        "--forbidden-retry",
+        type=float,
+        default=float(_env("FORBIDDEN_RETRY", "60")),
+        help="seconds between retries after 401/403 (default %(default)s)",
+    )
     _add_host_flags(p_run)
 
     sub.add_parser("version", help="print the version")
@@ -225,6 +231,8 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         raise SettingsError(f"--listen {args.listen!r} is not HOST:PORT")
     if args.resync_interval < 1:
         raise SettingsError("--resync-interval must be at least 1 second")
+    if args.forbidden_retry < 1:
+        raise SettingsError("--forbidden-retry must be at least 1 second")
     return RunSettings(
         sync=_settings(args),
         sources=tuple(specs),
@@ -237,6 +245,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         events=not args.no_events,
         annotations=not args.no_annotations,
         event_namespace=args.event_namespace,
+        forbidden_retry=args.forbidden_retry,
     )
 
 

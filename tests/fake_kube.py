@@ -90,7 +90,7 @@ class FakeKube:
         class Handler(_Handler):
             kube = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -243,6 +243,13 @@ class FakeKube:
         finally:
             with self._lock:
                 self.active_watches -= 1
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that vanish mid-request (a killed agent) are normal here, not worth a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return
 
 
 def _status(code: int, reason: str, message: str, *, event: bool = False) -> dict[str, Any]:

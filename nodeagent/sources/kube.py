@@ -33,7 +33,7 @@ READ_TIMEOUT = 90.0
 """Client inactivity limit: longer than the ~60 s bookmark interval of a real API server."""
 
 FORBIDDEN_RETRY = 60.0
-"""401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
+"""Default: 401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
 
 
 class _Relist(Exception):
@@ -59,9 +59,18 @@ class _Watcher(threading.Thread):
 
     path: str
 
-    def __init__(self, *, api: KubeAPI, name: str, stop: threading.Event, on_start: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        *,
+        api: KubeAPI,
+        name: str,
+        stop: threading.Event,
+        on_start: Callable[[str], None],
+        forbidden_retry: float = FORBIDDEN_RETRY,
+    ) -> None:
         super().__init__(daemon=True, name=f"watch-{name}")
         self.api, self.obj_name, self.stop = api, name, stop
+        self.forbidden_retry = forbidden_retry
         self.watching = False
         self._on_start = on_start
         self._rng = random.Random()  # noqa: S311 - jitter only
@@ -134,7 +143,7 @@ class _Watcher(threading.Thread):
         if exc.status == 410:
             return
         if exc.status in (401, 403):
-            delay = self._rng.uniform(FORBIDDEN_RETRY / 2, FORBIDDEN_RETRY)
+            delay = self._rng.uniform(self.forbidden_retry / 2, self.forbidden_retry)
             self.log.error(
                 "watch_forbidden",
                 status=exc.status,
@@ -164,12 +173,13 @@ class SecretWatcher(_Watcher):
         sink: UpdateSink,
         stop: threading.Event,
         on_start: Callable[[str], None],
+        forbidden_retry: float = FORBIDDEN_RETRY,
     ) -> None:
         self.namespace = namespace
         self.path = f"namespaces/{namespace}/secrets"
         self._sink = sink
         self._seen = False
-        super().__init__(api=api, name=name, stop=stop, on_start=on_start)
+        super().__init__(api=api, name=name, stop=stop, on_start=on_start, forbidden_retry=forbidden_retry)
         self.rbac_hint = (
             f"grant get/list/watch on secrets named {name!r} in namespace {namespace!r} to the agent's "
             "service account (a Role with resourceNames and a RoleBinding)"
@@ -215,9 +225,10 @@ class NodeWatcher(_Watcher):
         on_labels: Callable[[dict[str, str], str], None],
         stop: threading.Event,
         on_start: Callable[[str], None],
+        forbidden_retry: float = FORBIDDEN_RETRY,
     ) -> None:
         self._on_labels = on_labels
-        super().__init__(api=api, name=name, stop=stop, on_start=on_start)
+        super().__init__(api=api, name=name, stop=stop, on_start=on_start, forbidden_retry=forbidden_retry)
         self.rbac_hint = "grant get and watch on nodes to the agent's service account (a ClusterRole)"
 
     @property

@@ -211,3 +211,30 @@ def test_sigterm_exits_cleanly(kube: FakeKube, start_agent: Start) -> None:
     wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
     assert 0 == agent.stop()
     assert agent.events("agent_stopped")
+
+
+def test_unauthorized_then_recovers(kube: FakeKube, start_agent: Start) -> None:
+    """A revoked token (401) is reported; a slow API answer does not break the watch once fixed."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}", "--forbidden-retry", "2")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    good_token = kube.token
+    kube.token = "revoked"
+    kube.drop_watches()
+    event = wait_for(lambda: agent.events("watch_forbidden"), "401 reported")[0]
+    assert 401 == event["status"]
+    assert 1 <= event["retry_in_s"] <= 2
+    kube.token = good_token
+    kube.inject(Fault("slow", seconds=1.0))
+    kube.drop_watches()  # the next reconnect (after the slow retry) sees the fixed token
+    _put(kube, {"r.example.com": PW2})
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW2}, "update after the token is fixed")
+
+
+def test_periodic_resync_runs(kube: FakeKube, start_agent: Start) -> None:
+    """With nothing changing, the periodic resync still runs full passes."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}", "--resync-interval", "1")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    before = agent.metric('nodeagent_syncs_total{result="success"}')
+    wait_for(lambda: agent.metric('nodeagent_syncs_total{result="success"}') >= before + 2, "resync passes")
