@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from nodeagent.errors import NodeagentError, SettingsError
 from nodeagent.hostfs import HostFS
 from nodeagent.kube import KubeAPI, KubeError, KubernetesClient
 from nodeagent.ledger import Ledger
+from nodeagent.observe.health import HealthServer
 from nodeagent.observe.logging import configure_logging, get_logger
 from nodeagent.reconcile import SyncReport, cleanup, diff_changes, load_file_sources, redact_document, sync
 
@@ -85,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_flags(p_sync)
 
     p_clean = sub.add_parser("cleanup", help="remove everything the agent wrote, restore what it replaced")
+    p_clean.add_argument(
+        "--wait",
+        action="store_true",
+        help="after cleaning up, serve /healthz and /readyz on --listen until SIGTERM (the chart's uninstall step)",
+    )
+    p_clean.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:9808"), help="HOST:PORT for --wait")
     _add_host_flags(p_clean)
 
     p_show = sub.add_parser("show", help="print the files the agent manages, secrets masked")
@@ -190,10 +198,27 @@ def _cmd_sync(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     return _report(log, report)
 
 
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"--listen {value!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
 def _cmd_cleanup(args: argparse.Namespace, log: Any) -> int:
     settings = _settings(args)
+    listen = _parse_listen(args.listen) if args.wait else None
     report = cleanup(HostFS(settings.host_root), settings)
     log.info("cleanup_done", written=report.written, removed=report.removed)
+    if listen is not None:
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        server = HealthServer(*listen, alive=lambda: True, ready=lambda: (True, "cleaned up"), metrics=lambda: b"")
+        server.start()
+        log.info("cleanup_waiting", port=server.port)
+        stop.wait()
+        server.stop()
     return EXIT_OK
 
 
@@ -226,9 +251,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         specs.append(SourceSpec(kind, value))
     if len({s.label for s in specs}) != len(specs):
         raise SettingsError("the same source is given twice")
-    host, sep, port = args.listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"--listen {args.listen!r} is not HOST:PORT")
+    listen_host, listen_port = _parse_listen(args.listen)
     if args.resync_interval < 1:
         raise SettingsError("--resync-interval must be at least 1 second")
     if args.forbidden_retry < 1:
@@ -238,8 +261,8 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         sources=tuple(specs),
         node_name=args.node_name,
         kubeconfig=args.kubeconfig,
-        listen_host=host.strip("[]") or "0.0.0.0",  # noqa: S104
-        listen_port=int(port),
+        listen_host=listen_host,
+        listen_port=listen_port,
         on_secret_deleted=args.on_secret_deleted,
         resync_interval=args.resync_interval,
         events=not args.no_events,

@@ -158,3 +158,48 @@ def test_version() -> None:
 
     assert f"nodeagent {__version__}\n" == _run("version").stdout
     assert f"nodeagent {__version__}\n" == _run("--version").stdout
+
+
+def test_cleanup_wait_serves_ready_until_sigterm(host_root: Path, good: str) -> None:
+    """`cleanup --wait` (the chart's uninstall step) cleans up, reports ready, and exits 0 on SIGTERM."""
+    import signal
+    import time
+    import urllib.request
+
+    assert 0 == _run("sync", "--from-file", good, "--host-root", str(host_root)).returncode
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NODEAGENT_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nodeagent",
+            "cleanup",
+            "--wait",
+            "--listen",
+            "127.0.0.1:0",
+            "--host-root",
+            str(host_root),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = [json.loads(proc.stderr.readline()) for _ in range(2)]
+        assert ["cleanup_done", "cleanup_waiting"] == [line["event"] for line in lines]
+        assert not (host_root / "var/lib/kubelet/config.json").exists()
+        port = lines[1]["port"]
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+                    assert 200 == resp.status
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    assert 0 == proc.wait(timeout=10)

@@ -1,0 +1,85 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "nodeagent.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name, unique per release. */}}
+{{- define "nodeagent.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "nodeagent.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Standard labels (app.kubernetes.io/*), on every object. */}}
+{{- define "nodeagent.labels" -}}
+helm.sh/chart: {{ include "nodeagent.chart" . }}
+{{ include "nodeagent.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: node-agent
+{{- end }}
+
+{{- define "nodeagent.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nodeagent.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "nodeagent.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "nodeagent.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "nodeagent.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Node layout presets: the kubelet's --root-dir on each kind of cluster, where it reads config.json
+first. Sources:
+  kubeadm  - the kubelet's own default (kubelet command-line reference, --root-dir).
+  eks      - the EKS AMIs (awslabs/amazon-eks-ami) leave --root-dir at its default.
+  aks      - AKS node images (AgentBaker) leave --root-dir at its default.
+  gke      - GKE node images (COS/Ubuntu configure-helper) leave --root-dir at its default.
+  k3s      - k3s sets the kubelet's root-dir to /var/lib/kubelet (pkg/daemons/agent).
+  rke2     - RKE2 runs the k3s agent code: the same root-dir.
+  microk8s - snap/microk8s args/kubelet: --root-dir=${SNAP_COMMON}/var/lib/kubelet,
+             SNAP_COMMON being /var/snap/microk8s/common.
+*/}}
+{{- define "nodeagent.kubeletRootDir" -}}
+{{- $presets := dict
+  "kubeadm" "/var/lib/kubelet"
+  "eks" "/var/lib/kubelet"
+  "aks" "/var/lib/kubelet"
+  "gke" "/var/lib/kubelet"
+  "k3s" "/var/lib/kubelet"
+  "rke2" "/var/lib/kubelet"
+  "microk8s" "/var/snap/microk8s/common/var/lib/kubelet" -}}
+{{- if .Values.kubeletRootDir }}
+{{- .Values.kubeletRootDir }}
+{{- else }}
+{{- required (printf "unknown distribution %q" .Values.distribution) (get $presets .Values.distribution) }}
+{{- end }}
+{{- end }}
+
+{{/* Secret namespaces default to the release namespace. */}}
+{{- define "nodeagent.secretNamespace" -}}
+{{- default .root.Release.Namespace .secret.namespace }}
+{{- end }}

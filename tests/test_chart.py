@@ -1,0 +1,233 @@
+"""The Helm chart, rendered and linted by the real Helm engine and validated against Kubernetes' schemas."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from nodeagent import cli
+from nodeagent.credentials import parse_secret
+
+CHART = Path(__file__).resolve().parent.parent / "daemonset"
+PRESETS = ["kubeadm", "eks", "k3s", "rke2", "microk8s", "aks", "gke"]
+KUBE_VERSIONS = ["1.29.0", "1.34.0"]
+CRD_KINDS = {"ServiceMonitor", "PodMonitor"}  # prometheus-operator CRDs: not in the core schemas
+
+FEATURES: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "everything": {
+        "secrets": [{"name": "a"}, {"name": "b", "namespace": "other"}, {"name": "c", "namespace": "other"}],
+        "mountedSecrets": [{"name": "mounted"}],
+        "createSecret": {"enabled": True, "dockerconfigjson": {"auths": {"r.example.com": {"auth": "dTpw"}}}},
+        "metrics": {"service": {"enabled": True}, "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/x"}},
+        "podAnnotations": {"a": "b"},
+        "image": {"repository": "example/nodeagent", "digest": "sha256:" + "a" * 64},
+    },
+    "minimal-rbac": {"events": {"enabled": False}, "annotations": {"enabled": False}},
+    "mounted-only": {"secrets": [], "mountedSecrets": [{"name": "creds"}]},
+    "cleanup": {"cleanupMode": True},
+}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    manifests = helm.Chart.load(CHART).render(values or {}, name="na", namespace="nodeagent", is_install=True)
+    objects = []
+    for path, text in manifests.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        objects += [doc for doc in yaml.safe_load_all(text) if doc]
+    return objects
+
+
+def only(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (daemonset,) = only(objects, "DaemonSet")
+    (main,) = daemonset["spec"]["template"]["spec"]["containers"]
+    return dict(main)
+
+
+def host_paths(objects: list[dict[str, Any]]) -> list[str]:
+    (daemonset,) = only(objects, "DaemonSet")
+    return [v["hostPath"]["path"] for v in daemonset["spec"]["template"]["spec"]["volumes"] if "hostPath" in v]
+
+
+@pytest.mark.parametrize("distribution", PRESETS)
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_renders_lints_and_validates(distribution: str, feature: str) -> None:
+    """Every preset with every feature set lints without errors and every object is schema-valid."""
+    values = {"distribution": distribution, **FEATURES[feature]}
+    report = helm.lint(str(CHART), values, strict=False)
+    assert [] == report["errors"]
+    assert [] == [m for m in report["messages"] if m["severity"] >= 3]
+    objects = render(values)
+    assert objects
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            assert {"selector"} <= set(obj["spec"])
+            continue
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("distribution", "root_dir"),
+    [(d, "/var/snap/microk8s/common/var/lib/kubelet" if d == "microk8s" else "/var/lib/kubelet") for d in PRESETS],
+)
+def test_presets_select_kubelet_root_dir(distribution: str, root_dir: str) -> None:
+    """Each preset mounts its kubelet root dir under /host and tells the agent about it."""
+    objects = render({"distribution": distribution})
+    main = container(objects)
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert root_dir == env["NODEAGENT_KUBELET_ROOT_DIR"]
+    assert f"/host{root_dir}" in {m["mountPath"] for m in main["volumeMounts"]}
+    assert sorted([root_dir, "/var/lib/nodeagent"]) == sorted(host_paths(objects))
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_least_privilege(feature: str) -> None:
+    """Never the host's /, never privileged or hostPID, capabilities dropped, root filesystem read-only."""
+    objects = render(FEATURES[feature])
+    assert "/" not in host_paths(objects)
+    (daemonset,) = only(objects, "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert not pod.get("hostPID") and not pod.get("hostNetwork")
+    security = container(objects)["securityContext"]
+    assert (False, False, True) == (
+        security["privileged"],
+        security["allowPrivilegeEscalation"],
+        security["readOnlyRootFilesystem"],
+    )
+    assert ["ALL"] == security["capabilities"]["drop"]
+    assert "add" not in security["capabilities"]
+    for role in only(objects, "Role") + only(objects, "ClusterRole"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+            if "secrets" in rule["resources"]:
+                assert rule["resourceNames"]
+
+
+def test_secret_rbac_limited_by_resource_names() -> None:
+    """One Role per Secret namespace, granting get/list/watch on exactly the named Secrets."""
+    objects = render(FEATURES["everything"])
+    roles = {
+        r["metadata"]["namespace"]: r["rules"]
+        for r in only(objects, "Role")
+        if r["metadata"]["name"].endswith("-secrets")
+    }
+    assert {"nodeagent": [["a"]], "other": [["b", "c"]]} == {
+        ns: [r["resourceNames"] for r in rules] for ns, rules in roles.items()
+    }
+    assert all(r["verbs"] == ["get", "list", "watch"] for rules in roles.values() for r in rules)
+
+
+def test_features_off_grant_less() -> None:
+    """Without events or annotations, no Events Role and no patch on nodes."""
+    objects = render(FEATURES["minimal-rbac"])
+    assert [] == [r for r in only(objects, "Role") if r["metadata"]["name"].endswith("-events")]
+    (nodes,) = only(objects, "ClusterRole")
+    assert ["get", "watch"] == [v for rule in nodes["rules"] for v in rule["verbs"]]
+    env = {e["name"]: e.get("value") for e in container(objects)["env"]}
+    assert ("false", "false") == (env["NODEAGENT_EVENTS"], env["NODEAGENT_ANNOTATIONS"])
+
+
+def test_mounted_only_needs_no_secret_rbac() -> None:
+    """With only mounted Secrets there is no Secret Role, and the agent reads the mounted file."""
+    objects = render(FEATURES["mounted-only"])
+    assert [] == [r for r in only(objects, "Role") if r["metadata"]["name"].endswith("-secrets")]
+    args = container(objects)["args"]
+    assert ["run", "--from-file", "/etc/nodeagent/sources/creds/.dockerconfigjson"] == args
+
+
+def test_created_secret_is_what_kubectl_makes() -> None:
+    """createSecret makes a kubernetes.io/dockerconfigjson Secret the agent parses."""
+    objects = render(FEATURES["everything"])
+    (secret,) = only(objects, "Secret")
+    assert "kubernetes.io/dockerconfigjson" == secret["type"]
+    result = parse_secret(secret, source="chart")
+    assert ["r.example.com"] == [c.registry for c in result.credentials]
+    assert {"auths": {"r.example.com": {"auth": "dTpw"}}} == json.loads(
+        base64.b64decode(secret["data"][".dockerconfigjson"])
+    )
+
+
+def test_probes_and_node_name() -> None:
+    """Liveness and readiness probe the agent's endpoints; NODE_NAME comes from the downward API."""
+    main = container(render())
+    assert ("/healthz", "/readyz") == (
+        main["livenessProbe"]["httpGet"]["path"],
+        main["readinessProbe"]["httpGet"]["path"],
+    )
+    node_name = next(e for e in main["env"] if e["name"] == "NODE_NAME")
+    assert "spec.nodeName" == node_name["valueFrom"]["fieldRef"]["fieldPath"]
+
+
+def test_daemonset_scheduling_defaults() -> None:
+    """Runs on every node (tolerates all taints), node-critical priority, rolling update."""
+    (daemonset,) = only(render(), "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert [{"operator": "Exists"}] == pod["tolerations"]
+    assert "system-node-critical" == pod["priorityClassName"]
+    assert {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}} == daemonset["spec"]["updateStrategy"]
+
+
+def test_cleanup_mode_runs_cleanup() -> None:
+    """cleanupMode makes every pod run `nodeagent cleanup --wait`."""
+    assert ["cleanup", "--wait"] == container(render(FEATURES["cleanup"]))["args"]
+
+
+@pytest.mark.parametrize("feature", ["defaults", "everything", "minimal-rbac", "mounted-only"])
+def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The args and NODEAGENT_* env the chart renders are accepted by the agent's own settings loader."""
+    main = container(render(FEATURES[feature]))
+    for var in [v for v in os.environ if v.startswith("NODEAGENT_")]:
+        monkeypatch.delenv(var)
+    for item in main["env"]:
+        if "value" in item:
+            monkeypatch.setenv(item["name"], item["value"])
+    monkeypatch.setenv("NODEAGENT_HOST_ROOT", str(tmp_path))
+    args = cli.build_parser().parse_args(main["args"])
+    settings = cli._run_settings(args)
+    assert len(settings.sources) == len(FEATURES[feature].get("secrets", [{}])) + len(
+        FEATURES[feature].get("mountedSecrets", [])
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"distribution": "openshift"},
+        {"port": -1},
+        {"port": 70000},
+        {"onSecretDeleted": "maybe"},
+        {"secrets": [{"name": "Bad_Name"}]},
+        {"kubeletRootDir": "var/lib/kubelet"},
+        {"kubeletRootDir": "/var/../etc"},
+        {"securityContext": {"privileged": True}},
+        {"updateStrategy": {"maxUnavailable": 0}},
+        {"image": {"repository": "x", "digest": "latest"}},
+        {"unknownKey": 1},
+    ],
+)
+def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
+    """values.schema.json rejects bad values before anything renders."""
+    with pytest.raises(helm.HelmError):
+        render(values)
+
+
+def test_no_source_fails_with_a_clear_message() -> None:
+    """A release with no credential source fails to render, saying what to set."""
+    with pytest.raises(helm.HelmError) as info:
+        render({"secrets": [], "mountedSecrets": []})
+    assert "secrets or mountedSecrets" in str(info.value)
