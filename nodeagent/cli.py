@@ -311,6 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NodeagentError as exc:
         log.error(f"{args.command}_failed", error=str(exc), error_type=type(exc).__name__)
         return EXIT_FAILED
+    except Exception:
+        # A bug, not an expected failure: the traceback goes through the redacting logger, never
+        # straight to stderr, so no secret a local variable held can be printed.
+        log.exception(f"{args.command}_crashed")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,3 +36,14 @@ def settings(host_root: Path) -> SyncSettings:
 @pytest.fixture
 def hostfs(host_root: Path) -> HostFS:
     return HostFS(host_root)
+
+
+FIGURES: dict[str, str] = {}
+"""Figures the reliability tests measure (kills survived, inputs tried, ...), printed at the end."""
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        for name, value in sorted(FIGURES.items()):
+            terminalreporter.write_line(f"{name}: {value}")

@@ -94,7 +94,21 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    _route_uncaught_exceptions()
     return REDACTOR
+
+
+def _route_uncaught_exceptions() -> None:
+    """Send tracebacks of uncaught exceptions (any thread) through the redacting logger."""
+    log = structlog.get_logger()
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+        log.error("thread_crashed", thread=getattr(args.thread, "name", "?"), exc_info=exc_info)
+
+    threading.excepthook = thread_hook
 
 
 def get_logger(**initial: Any) -> Any:

@@ -101,9 +101,16 @@ def kube() -> Iterator[FakeKube]:
 def start_agent(tmp_path: Path, kube: FakeKube) -> Iterator[Callable[..., AgentProcess]]:
     started: list[AgentProcess] = []
 
-    def start(*args: str, kubeconfig: bool = True, env: dict[str, str] | None = None) -> AgentProcess:
+    def start(
+        *args: str,
+        kubeconfig: bool = True,
+        env: dict[str, str] | None = None,
+        prepare: Callable[[Path], None] | None = None,
+    ) -> AgentProcess:
         host_root = tmp_path / f"host{len(started)}"
         (host_root / "var/lib/kubelet").mkdir(parents=True)
+        if prepare is not None:
+            prepare(host_root)
         log_path = tmp_path / f"agent{len(started)}.log"
         cmd = [sys.executable, "-m", "nodeagent", "run", "--host-root", str(host_root), "--listen", "127.0.0.1:0"]
         cmd += ["--log-format", "json", "--node-name", NODE]
