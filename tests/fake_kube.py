@@ -25,6 +25,9 @@ and where each behaviour comes from:
 * Errors are ``Status`` objects: 401 without the bearer token, 403 for a Secret name not
   granted to the token (as with a Role restricted by ``resourceNames``), 404 for a missing
   object, 429 with ``Retry-After``, 500 (fault injection).
+* Fault injection, beyond the real protocol: dropped streams, an event cut in the middle, 500,
+  429 with ``Retry-After``, slow answers, compaction (410), a stale object replayed as a new
+  event, and an outage during which every connection is dropped.
 * PATCH of a Node accepts ``application/merge-patch+json`` and
   ``application/strategic-merge-patch+json`` (for maps, both merge keys and delete ``null``s).
 """
@@ -81,6 +84,8 @@ class FakeKube:
         self.requests: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
         self.active_watches = 0
+        self.outage = False
+        self._cut_pending = False
         self._server: ThreadingHTTPServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -179,6 +184,31 @@ class FakeKube:
         with self._lock:
             self._generation += 1
             self._lock.notify_all()
+
+    def cut_next_event(self) -> None:
+        """The next watch event is cut in the middle: half its bytes, then the connection closes."""
+        with self._lock:
+            self._cut_pending = True
+
+    def replay_stale(self, namespace: str, name: str, obj: dict[str, Any]) -> None:
+        """Deliver ``obj`` (carrying an old resourceVersion) as a new MODIFIED event, as a buggy
+        or lagging cache might."""
+        with self._lock:
+            self._history.append(_Change(self._rv + 1, "secrets", namespace, name, "MODIFIED", copy.deepcopy(obj)))
+            self._rv += 1
+            self._lock.notify_all()
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._secrets[(namespace, name)])
+
+    def set_outage(self, down: bool) -> None:
+        """While down, every connection is dropped before any answer (the API server is gone)."""
+        with self._lock:
+            self.outage = down
+            if down:
+                self._generation += 1
+                self._lock.notify_all()
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
@@ -290,6 +320,10 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         kube = self.kube
         kube.requests.append((method, self.path))
+        if kube.outage:
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         if self.headers.get("Authorization") != f"Bearer {kube.token}":
             self._error(401, "Unauthorized", "Unauthorized")
             return
@@ -408,6 +442,17 @@ class _Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(2)
                     return
                 data = json.dumps(event).encode() + b"\n"
+                with self.kube._lock:
+                    cut = self.kube._cut_pending and event["type"] != "BOOKMARK"
+                    if cut:
+                        self.kube._cut_pending = False
+                if cut:
+                    half = data[: len(data) // 2]
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + half)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")

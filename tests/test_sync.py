@@ -172,3 +172,44 @@ def test_any_sequence_of_syncs_then_cleanup_restores(
         assert 0 == fs.stats.writes
     cleanup(HostFS(host_root), settings)
     assert original == json.loads(path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        "var/lib/nodeagent/state.json",
+        "var/lib/nodeagent/lock",
+        "var/lib/nodeagent",
+    ],
+)
+def test_symlinks_in_state_paths_refused(settings: SyncSettings, host_root: Path, tmp_path: Path, plant: str) -> None:
+    """A symlink planted at the ledger, the lock or the state dir is refused and its target untouched."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "state.json").write_text("precious")
+    (outside / "lock").write_text("precious")
+    path = host_root / plant
+    path.parent.mkdir(parents=True, exist_ok=True)
+    target = outside if plant.endswith("nodeagent") else outside / Path(plant).name
+    path.symlink_to(target)
+    with pytest.raises(HostFSError):
+        sync(HostFS(host_root), settings, [_source({"r.example.com": ("u", "p")})])
+    assert "precious" == (outside / "state.json").read_text() == (outside / "lock").read_text()
+    assert {"state.json", "lock"} == set(os.listdir(outside))
+    assert not (host_root / CONFIG).exists()
+
+
+def test_file_where_state_dir_expected(settings: SyncSettings, host_root: Path) -> None:
+    """A file where the state directory should be is reported, not replaced."""
+    (host_root / "var/lib/nodeagent").write_text("not a dir")
+    with pytest.raises(HostFSError):
+        sync(HostFS(host_root), settings, [_source({"r.example.com": ("u", "p")})])
+    assert "not a dir" == (host_root / "var/lib/nodeagent").read_text()
+
+
+def test_wide_permissions_tightened(settings: SyncSettings, host_root: Path) -> None:
+    """A config.json readable by everyone becomes 0600 when the agent writes credentials into it."""
+    (host_root / CONFIG).write_text(json.dumps({"auths": {}}))
+    (host_root / CONFIG).chmod(0o644)
+    sync(HostFS(host_root), settings, [_source({"r.example.com": ("u", "p")})])
+    assert 0o600 == stat.S_IMODE((host_root / CONFIG).stat().st_mode)

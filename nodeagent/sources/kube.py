@@ -101,6 +101,7 @@ class _Watcher(threading.Thread):
         while not self.stop.is_set():
             try:
                 obj, list_rv = self._list()
+                self._backoff.reset()  # the API answered: the next failure starts from the base delay
                 self._accept(obj, "LIST")
                 self._watch_from(list_rv)
             except _Relist:

@@ -106,9 +106,11 @@ def start_agent(tmp_path: Path, kube: FakeKube) -> Iterator[Callable[..., AgentP
         kubeconfig: bool = True,
         env: dict[str, str] | None = None,
         prepare: Callable[[Path], None] | None = None,
+        host_root: Path | None = None,
     ) -> AgentProcess:
-        host_root = tmp_path / f"host{len(started)}"
-        (host_root / "var/lib/kubelet").mkdir(parents=True)
+        if host_root is None:
+            host_root = tmp_path / f"host{len(started)}"
+            (host_root / "var/lib/kubelet").mkdir(parents=True)
         if prepare is not None:
             prepare(host_root)
         log_path = tmp_path / f"agent{len(started)}.log"

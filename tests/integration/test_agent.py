@@ -43,6 +43,8 @@ def test_create_update_and_status(kube: FakeKube, start_agent: Start) -> None:
     assert 2 == agent.metric("nodeagent_managed_registries")
     assert agent.metric("nodeagent_propagation_seconds_count") >= 2
     assert all(SENTINEL not in json.dumps(e) for e in kube.events)
+    assert SENTINEL not in agent.http("/metrics")[1]
+    assert SENTINEL not in json.dumps(kube.node(NODE))
 
 
 def test_invalid_secret_keeps_last_good_and_recovers(kube: FakeKube, start_agent: Start) -> None:
