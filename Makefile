@@ -49,6 +49,7 @@ bench: $(VENV)/.installed
 # Re-pin the image's runtime dependencies (with hashes) after changing pyproject.toml.
 lock: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet pip-tools
+	rm -f requirements.lock
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
 	    -o requirements.lock pyproject.toml
 

@@ -8,6 +8,7 @@ content: a Secret that turns invalid, or is deleted (by default), leaves the nod
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import threading
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nodeagent.config import SyncSettings
-from nodeagent.credentials import ParseResult, safe_key
+from nodeagent.credentials import EntryProblem, ParseResult, RegistryCredential, safe_key
+from nodeagent.ecr.plugin import parse_ecr_host
+from nodeagent.ecr.tokens import EcrSocketServer, TokenManager
 from nodeagent.errors import NodeagentError
 from nodeagent.hostfs import HostFS
 from nodeagent.kube import KubeAPI, KubeError
@@ -33,6 +36,8 @@ from nodeagent.sources.kube import NodeWatcher, SecretWatcher
 
 __all__ = ["REVISION_ANNOTATION", "SYNCED_AT_ANNOTATION", "Agent", "RunSettings", "SourceSpec"]
 
+ECR_SOURCE = "ecr"
+"""The source name of ECR tokens written into config.json for ``--ecr-registries``."""
 REVISION_ANNOTATION = "nodeagent.io/credentials-revision"
 SYNCED_AT_ANNOTATION = "nodeagent.io/synced-at"
 
@@ -70,6 +75,12 @@ class RunSettings:
     drift_backoff: float = 300.0
     forbidden_retry: float = 60.0
     """401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
+    ecr: bool = False
+    """Serve ECR tokens to the credential-provider plugin (installed per ``sync.provider``)."""
+    ecr_regions: tuple[str, ...] = ()
+    ecr_registries: tuple[str, ...] = ()
+    """ECR hosts whose tokens also go into config.json, for kubelets not wired to plugins."""
+    ecr_credentials_secret: str | None = None
 
 
 @dataclass
@@ -121,6 +132,7 @@ class Agent:
         self._node_labels: dict[str, str] | None = None
         self._status = _Status()
         self._watchers: list[Any] = []
+        self.tokens: TokenManager | None = None
         self._events = (
             EventRecorder(api=api, node_name=settings.node_name, namespace=settings.event_namespace)
             if api is not None and settings.node_name and settings.events
@@ -278,6 +290,7 @@ class Agent:
         server.start()
         self.log.info("agent_started", sources=[s.label for s in self.settings.sources], port=server.port)
         self._start_sources()
+        ecr_server = self._start_ecr() if self.settings.ecr else None
         drift = self._start_drift_watch()
         next_resync = self.clock() + self.settings.resync_interval
         retry_at: float | None = None
@@ -303,6 +316,8 @@ class Agent:
                     retry_at = self.clock() + min(300.0, 2.0**failures)
                 next_resync = self.clock() + self.settings.resync_interval
         finally:
+            if ecr_server is not None:
+                ecr_server.stop()
             drift.stop()
             for watcher in self._watchers:
                 if isinstance(watcher, FileWatcher):
@@ -310,6 +325,78 @@ class Agent:
             server.stop()
             self.log.info("agent_stopped")
         return 0
+
+    def _start_ecr(self) -> EcrSocketServer:
+        from nodeagent.ecr.tokens import BotocoreTokens
+
+        provider = self.settings.sync.provider
+        socket_path = provider.socket if provider is not None else "/run/nodeagent/agent.sock"
+        keys = list(self.settings.ecr_regions)
+        for host in self.settings.ecr_registries:
+            key = parse_ecr_host(host)
+            if key is not None:
+                keys.append(key)
+        self.tokens = TokenManager(
+            source=BotocoreTokens(
+                static_credentials=self._static_aws_keys if self.settings.ecr_credentials_secret else None
+            ),
+            hostfs=HostFS(self.settings.sync.host_root),
+            state_dir=self.settings.sync.state_dir,
+            keys=keys,
+            on_refresh=self._on_token,
+            metrics=self.metrics,
+            redact=self.redactor.add,
+        )
+        server = EcrSocketServer(
+            hostfs=HostFS(self.settings.sync.host_root), socket_path=socket_path, manager=self.tokens
+        )
+        server.start()
+        threading.Thread(target=self.tokens.run, args=(self.stop,), daemon=True, name="ecr-tokens").start()
+        self.log.info("ecr_started", keys=sorted(set(keys)), socket=socket_path)
+        return server
+
+    def _static_aws_keys(self) -> tuple[str, str] | None:
+        """Static AWS keys from ``--ecr-credentials-secret`` (read when a token is fetched)."""
+        if self.api is None or not self.settings.ecr_credentials_secret:
+            return None
+        namespace, name = self.settings.ecr_credentials_secret.split("/", 1)
+        try:
+            secret, _ = self.api.list_secret(namespace, name)
+        except KubeError as exc:
+            self.log.error("ecr_credentials_unreadable", error=str(exc))
+            return None
+        data = (secret or {}).get("data") or {}
+        try:
+            key_id = base64.b64decode(data["aws_access_key_id"]).decode()
+            secret_key = base64.b64decode(data["aws_secret_access_key"]).decode()
+        except (KeyError, ValueError, UnicodeDecodeError):
+            self.log.error("ecr_credentials_invalid", secret=self.settings.ecr_credentials_secret)
+            return None
+        self.redactor.add([secret_key])
+        return key_id, secret_key
+
+    def _on_token(self, key: str) -> None:
+        if self.settings.ecr_registries:
+            with self._lock:
+                if self._pending_since is None:
+                    self._pending_since = self.clock()
+            self._wake.set()
+
+    def _ecr_source(self) -> ParseResult | None:
+        """Tokens for ``--ecr-registries`` as config.json entries (a registry without one is held)."""
+        if not self.settings.ecr_registries or self.tokens is None:
+            return None
+        credentials, rejected = [], []
+        for host in self.settings.ecr_registries:
+            key = parse_ecr_host(host)
+            token = self.tokens.token(key) if key else None
+            if token is None or token.expires_at <= time.time():
+                rejected.append(
+                    EntryProblem(key=host, registry=host, reason="no valid ECR token yet", source=ECR_SOURCE)
+                )
+            else:
+                credentials.append(RegistryCredential(key=host, registry=host, source=ECR_SOURCE, auth=token.token))
+        return ParseResult(ECR_SOURCE, tuple(credentials), tuple(rejected))
 
     def _desired(self) -> tuple[list[ParseResult], bool, list[str]]:
         """The sources that apply to this node, in order, and whether to hold everything."""
@@ -333,6 +420,9 @@ class Agent:
                 ):
                     hold_all = True
                     held_because.append(f"{state.spec.label}: {state.status} with no last good content")
+        ecr = self._ecr_source()
+        if ecr is not None:
+            results.append(ecr)
         return results, hold_all, held_because
 
     def _pass(self) -> bool:
@@ -352,12 +442,14 @@ class Agent:
             return False
         self._written_stat = self._target_stat()
         done = self.clock()
-        self.metrics.syncs.labels("partial" if report.rejected else "success").inc()
+        bad_input = any(p.source != ECR_SOURCE for p in report.rejected)
+        self.metrics.syncs.labels("partial" if bad_input else "success").inc()
         self.metrics.last_success.set(time.time())
         self.metrics.managed.set(report.registries)
         self.metrics.writes.inc(stats.writes + stats.removals - changes_before)
         for problem in report.rejected:
-            self.metrics.rejected.labels(problem.source).inc()
+            if problem.source != ECR_SOURCE:
+                self.metrics.rejected.labels(problem.source).inc()
         if pending_since is not None:
             self.metrics.propagation.observe(max(0.0, done - pending_since))
         wrote = bool(report.written or report.removed)
@@ -387,6 +479,9 @@ class Agent:
 
     def _log_report(self, report: SyncReport, held_because: list[str], latency: float | None) -> None:
         for problem in report.rejected:
+            if problem.source == ECR_SOURCE:  # a token still on its way: held, not a bad input
+                self.log.info("ecr_token_pending", registry=problem.key)
+                continue
             self.log.error(
                 "entry_rejected", registry=safe_key(problem.key), source=problem.source, reason=problem.reason
             )
@@ -408,8 +503,9 @@ class Agent:
         )
         if report.written or report.removed:
             self._emit("CredentialsSynced", f"{report.registries} registries, revision {report.revision}")
-        if report.rejected:
-            keys = ", ".join(sorted({safe_key(p.key, 60) for p in report.rejected}))[:600]
+        rejected = [p for p in report.rejected if p.source != ECR_SOURCE]
+        if rejected:
+            keys = ", ".join(sorted({safe_key(p.key, 60) for p in rejected}))[:600]
             self._emit("EntriesRejected", f"rejected registry entries: {keys}", warning=True)
 
     def _emit(self, reason: str, message: str, *, warning: bool = False) -> None:

@@ -22,8 +22,17 @@ from typing import Any
 
 from nodeagent import __version__
 from nodeagent.agent import Agent, RunSettings, SourceSpec
-from nodeagent.config import DEFAULT_KUBELET_ROOT_DIR, DEFAULT_STATE_DIR, SyncSettings, default_host_root
+from nodeagent.config import (
+    DEFAULT_KUBELET_ROOT_DIR,
+    DEFAULT_STATE_DIR,
+    PROVIDER_PRESETS,
+    ProviderSettings,
+    SyncSettings,
+    default_host_root,
+)
 from nodeagent.credentials import EntryProblem, safe_key
+from nodeagent.ecr.plugin import parse_ecr_host
+from nodeagent.ecr.tokens import valid_key
 from nodeagent.errors import NodeagentError, SettingsError
 from nodeagent.hostfs import HostFS
 from nodeagent.kube import KubeAPI, KubeError, KubernetesClient
@@ -127,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-annotations", action="store_true", default=_env_flag("ANNOTATIONS"), help="do not annotate the Node"
     )
     p_run.add_argument("--event-namespace", default=_env("EVENT_NAMESPACE", "default"))
+    _add_provider_flags(p_run)
+    p_run.add_argument("--ecr", action="store_true", default=not _env_flag_on("ECR"), help="serve ECR tokens")
+    p_run.add_argument("--ecr-regions", default=_env("ECR_REGIONS", ""), help="regions to keep warm (comma-separated)")
+    p_run.add_argument(
+        "--ecr-registries",
+        default=_env("ECR_REGISTRIES", ""),
+        help="ECR hosts whose tokens also go into config.json (for kubelets without plugin flags)",
+    )
+    p_run.add_argument(
+        "--ecr-credentials-secret",
+        default=_env("ECR_CREDENTIALS_SECRET", "") or None,
+        metavar="NAMESPACE/NAME",
+        help="a Secret with aws_access_key_id/aws_secret_access_key (default: botocore's credential chain)",
+    )
     p_run.add_argument(
         "--forbidden-retry",
         type=float,
@@ -135,8 +158,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_host_flags(p_run)
 
+    p_install = sub.add_parser(
+        "install-provider", help="install the ECR credential-provider plugin and config, once (run --ecr does it too)"
+    )
+    _add_provider_flags(p_install)
+    _add_host_flags(p_install)
+
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _env_flag_on(name: str) -> bool:
+    """True unless ``NODEAGENT_<name>`` is set to a true value (for flags that are off by default)."""
+    return _env(name, "false").strip().lower() not in ("true", "1", "yes", "on")
+
+
+def _add_provider_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--provider-preset",
+        choices=sorted(PROVIDER_PRESETS),
+        default=_env("PROVIDER_PRESET", "") or None,
+        help="where the node's kubelet looks for plugins (eks: the AL2023 AMI's flags)",
+    )
+    parser.add_argument("--provider-bin-dir", default=_env("PROVIDER_BIN_DIR", "") or None)
+    parser.add_argument(
+        "--provider-config",
+        default=_env("PROVIDER_CONFIG", "") or None,
+        help="CredentialProviderConfig file (.json or .yaml), or a directory for a file of our own",
+    )
+    parser.add_argument(
+        "--socket", default=_env("SOCKET", "/run/nodeagent/agent.sock"), help="agent socket (host path)"
+    )
+
+
+def _provider_settings(args: argparse.Namespace, required: bool) -> ProviderSettings | None:
+    bin_dir, config = args.provider_bin_dir, args.provider_config
+    if args.provider_preset:
+        preset_bin, preset_config = PROVIDER_PRESETS[args.provider_preset]
+        bin_dir, config = bin_dir or preset_bin, config or preset_config
+    if not bin_dir or not config:
+        if required:
+            raise SettingsError("give --provider-preset, or both --provider-bin-dir and --provider-config")
+        return None
+    return ProviderSettings(bin_dir=bin_dir, config_path=config, state_dir=args.state_dir, socket=args.socket)
 
 
 def _env_flag(name: str) -> bool:
@@ -153,13 +217,19 @@ class _AppendSource(argparse.Action):
         setattr(namespace, self.dest, current)
 
 
-def _settings(args: argparse.Namespace, files: Sequence[str] = (), dry_run: bool = False) -> SyncSettings:
+def _settings(
+    args: argparse.Namespace,
+    files: Sequence[str] = (),
+    dry_run: bool = False,
+    provider: ProviderSettings | None = None,
+) -> SyncSettings:
     return SyncSettings(
         host_root=args.host_root or default_host_root(),
         kubelet_root_dir=args.kubelet_root_dir,
         state_dir=args.state_dir,
         from_files=tuple(files),
         dry_run=dry_run,
+        provider=provider,
     )
 
 
@@ -256,8 +326,19 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         raise SettingsError("--resync-interval must be at least 1 second")
     if args.forbidden_retry < 1:
         raise SettingsError("--forbidden-retry must be at least 1 second")
+    ecr_registries = tuple(h.strip() for h in args.ecr_registries.split(",") if h.strip())
+    ecr_regions = tuple(r.strip() for r in args.ecr_regions.split(",") if r.strip())
+    for host in ecr_registries:
+        if parse_ecr_host(host) is None:
+            raise SettingsError(f"--ecr-registries: {host!r} is not an ECR registry host")
+    for region in ecr_regions:
+        if not valid_key(region):
+            raise SettingsError(f"--ecr-regions: {region!r} is not an AWS region name")
+    if (ecr_registries or ecr_regions) and not args.ecr:
+        raise SettingsError("--ecr-registries and --ecr-regions need --ecr")
+    provider = _provider_settings(args, required=False) if args.ecr else None
     return RunSettings(
-        sync=_settings(args),
+        sync=_settings(args, provider=provider),
         sources=tuple(specs),
         node_name=args.node_name,
         kubeconfig=args.kubeconfig,
@@ -269,13 +350,19 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         annotations=not args.no_annotations,
         event_namespace=args.event_namespace,
         forbidden_retry=args.forbidden_retry,
+        ecr=args.ecr,
+        ecr_regions=ecr_regions,
+        ecr_registries=ecr_registries,
+        ecr_credentials_secret=args.ecr_credentials_secret,
     )
 
 
 def _cmd_run(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     settings = _run_settings(args)
     api: KubeAPI | None = None
-    needs_api = any(s.kind == "secret" for s in settings.sources) or settings.kubeconfig
+    needs_api = (
+        any(s.kind == "secret" for s in settings.sources) or settings.kubeconfig or settings.ecr_credentials_secret
+    )
     if needs_api:
         api = KubernetesClient(settings.kubeconfig)
     elif settings.node_name and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -304,6 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_cleanup(args, log)
         if args.command == "run":
             return _cmd_run(args, log, redactor)
+        if args.command == "install-provider":
+            settings = _settings(args, provider=_provider_settings(args, required=True))
+            report = sync(HostFS(settings.host_root), settings, [], hold_all=True)
+            log.info("provider_installed", written=report.written)
+            return EXIT_OK
         return _cmd_show(args)
     except SettingsError as exc:
         log.error("settings_invalid", error=str(exc))

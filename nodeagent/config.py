@@ -13,7 +13,14 @@ from pathlib import PurePosixPath
 
 from nodeagent.errors import SettingsError
 
-__all__ = ["DEFAULT_KUBELET_ROOT_DIR", "DEFAULT_STATE_DIR", "SyncSettings", "default_host_root"]
+__all__ = [
+    "DEFAULT_KUBELET_ROOT_DIR",
+    "DEFAULT_STATE_DIR",
+    "PROVIDER_PRESETS",
+    "ProviderSettings",
+    "SyncSettings",
+    "default_host_root",
+]
 
 DEFAULT_KUBELET_ROOT_DIR = "/var/lib/kubelet"
 """The kubelet's ``--root-dir`` default: the first place it looks for ``config.json``."""
@@ -41,6 +48,39 @@ def _host_dir(value: str, flag: str) -> str:
 
 
 @dataclass(frozen=True)
+class ProviderSettings:
+    """Where the kubelet looks for credential-provider plugins and their config, and what our
+    plugin is told (it runs on the host, so these are host paths)."""
+
+    bin_dir: str
+    config_path: str
+    state_dir: str = DEFAULT_STATE_DIR
+    socket: str = "/run/nodeagent/agent.sock"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bin_dir", _host_dir(self.bin_dir, "--provider-bin-dir"))
+        object.__setattr__(self, "config_path", _host_dir(self.config_path, "--provider-config"))
+        object.__setattr__(self, "socket", _host_dir(self.socket, "--socket"))
+
+    @property
+    def plugin_path(self) -> str:
+        return str(PurePosixPath(self.bin_dir) / "nodeagent-ecr-credential-provider")
+
+    @property
+    def plugin_args(self) -> list[str]:
+        return ["--state-dir", self.state_dir, "--socket", self.socket]
+
+
+PROVIDER_PRESETS: dict[str, tuple[str, str]] = {
+    # EKS AL2023 AMIs run the kubelet with these flags already (amazon-eks-ami nodeadm).
+    "eks": ("/etc/eks/image-credential-provider", "/etc/eks/image-credential-provider/config.json"),
+    # No kubeadm default exists; this is nodeagent's convention, to set in the kubelet's flags
+    # (docs/ecr.md): --image-credential-provider-bin-dir and --image-credential-provider-config.
+    "kubeadm": ("/usr/libexec/kubernetes/credential-providers", "/etc/kubernetes/credential-providers"),
+}
+
+
+@dataclass(frozen=True)
 class SyncSettings:
     """Settings shared by ``sync``, ``cleanup`` and ``show``."""
 
@@ -51,6 +91,8 @@ class SyncSettings:
     dry_run: bool = False
     lock_timeout: float = 30.0
     """Long enough for the other process's write to finish, short enough to fail a stuck run."""
+    provider: ProviderSettings | None = None
+    """Install the ECR credential-provider plugin and config (``--ecr``); None removes them."""
 
     def __post_init__(self) -> None:
         if not os.path.isdir(self.host_root):

@@ -132,6 +132,13 @@ class HostFS:
         except FileNotFoundError:
             return None
 
+    def is_dir(self, host_path: str) -> bool:
+        """Whether a real directory (not a symlink to one) stands at the path."""
+        try:
+            return stat.S_ISDIR(os.lstat(self.real_path(host_path)).st_mode)
+        except OSError:
+            return False
+
     def ensure_dir(self, host_path: str, mode: int = 0o755) -> None:
         """Create a directory (and parents) if missing; a symlink or file in its place is refused."""
         real = self.real_path(host_path)
@@ -212,6 +219,24 @@ class HostFS:
         except FileNotFoundError:
             return False
         self.stats.removals += 1
+        return True
+
+    def remove_socket(self, host_path: str) -> bool:
+        """Remove a stale Unix socket (only a socket: anything else there is refused)."""
+        parent, name = self._split(host_path)
+        try:
+            with self._dirfd(host_path, parent) as dirfd:
+                try:
+                    st = os.lstat(name, dir_fd=dirfd)
+                except FileNotFoundError:
+                    return False
+                if not stat.S_ISSOCK(st.st_mode):
+                    raise NotARegularFile(host_path, "is not a socket; refusing to remove it")
+                os.unlink(name, dir_fd=dirfd)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot remove socket: {_describe(exc)}") from exc
         return True
 
     def _sweep(self, parent: str, dirfd: int) -> None:

@@ -9,6 +9,7 @@ then the final ledger.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import hashlib
 import hmac
@@ -29,10 +30,18 @@ from nodeagent.credentials import (
     merge_credentials,
     parse_docker_config,
 )
+from nodeagent.ecr.plugin import CACHE_FILE as ECR_CACHE_FILE
 from nodeagent.errors import InputError
 from nodeagent.hostfs import HostFS
 from nodeagent.ledger import FileRecord, Ledger
 from nodeagent.targets.kubelet import render_kubelet_config
+from nodeagent.targets.provider import (
+    CONFIG_TARGET,
+    PLUGIN_TARGET,
+    PROVIDER_CONFIG_FILE,
+    render_plugin,
+    render_provider_config,
+)
 
 __all__ = [
     "FileChange",
@@ -52,6 +61,7 @@ class FileChange:
     path: str
     old: bytes | None
     new: bytes | None
+    mode: int = 0o600
 
     @property
     def changed(self) -> bool:
@@ -147,6 +157,7 @@ def _plan(
     ledger: Ledger,
     merged: MergeResult,
     hold_all: bool,
+    uninstall: bool,
 ) -> tuple[list[FileChange], Ledger]:
     path = settings.kubelet_config
     current = hostfs.read(path)
@@ -162,11 +173,51 @@ def _plan(
         held=held,
     )
     new_ledger = Ledger(files=dict(ledger.files), revision=compute_revision(merged.credentials))
-    if render.record.owned or render.record.originals:
-        new_ledger.files[path] = render.record
+    changes = [FileChange(path, current, render.content)]
+    _record(new_ledger, path, render.record)
+    changes += _plan_provider(hostfs, settings, ledger, new_ledger, uninstall)
+    return changes, new_ledger
+
+
+def _record(ledger: Ledger, path: str, record: FileRecord) -> None:
+    if record.owned or record.originals:
+        ledger.files[path] = record
     else:
-        new_ledger.files.pop(path, None)
-    return [FileChange(path, current, render.content)], new_ledger
+        ledger.files.pop(path, None)
+
+
+def _plan_provider(
+    hostfs: HostFS, settings: SyncSettings, ledger: Ledger, new_ledger: Ledger, uninstall: bool
+) -> list[FileChange]:
+    """The credential-provider plugin and config: installed when configured; removed only by
+    ``uninstall`` (cleanup), so a plain ``sync`` never takes away what ``--ecr`` installed."""
+    changes: list[FileChange] = []
+    active: dict[str, str] = {}
+    provider = settings.provider
+    if provider is not None:
+        config_path = provider.config_path
+        if hostfs.is_dir(config_path):
+            config_path = config_path.rstrip("/") + "/" + PROVIDER_CONFIG_FILE
+        active = {provider.plugin_path: PLUGIN_TARGET, config_path: CONFIG_TARGET}
+    stale = {
+        p: r.target
+        for p, r in ledger.files.items()
+        if uninstall and r.target in (PLUGIN_TARGET, CONFIG_TARGET) and p not in active
+    }
+    for path, target in {**active, **stale}.items():
+        installing = path in active
+        current = hostfs.read(path)
+        record = ledger.files.get(path)
+        if target == PLUGIN_TARGET:
+            render = render_plugin(install=installing, current=current, record=record, path=path)
+            mode = 0o755
+        else:
+            args = provider.plugin_args if installing and provider is not None else None
+            render = render_provider_config(args=args, current=current, record=record, path=path)
+            mode = 0o644
+        _record(new_ledger, path, render.record)
+        changes.append(FileChange(path, current, render.content, mode))
+    return changes
 
 
 def _intent(old: Ledger, new: Ledger) -> Ledger:
@@ -204,7 +255,7 @@ def _apply(
                 report.removed.append(change.path)
         else:
             hostfs.ensure_dir(change.path.rsplit("/", 1)[0] or "/")
-            if hostfs.write(change.path, change.new):
+            if hostfs.write(change.path, change.new, mode=change.mode):
                 report.written.append(change.path)
     if new_bytes is None:
         hostfs.remove(settings.ledger_path)
@@ -213,7 +264,12 @@ def _apply(
 
 
 def sync(
-    hostfs: HostFS, settings: SyncSettings, sources: Sequence[ParseResult], *, hold_all: bool = False
+    hostfs: HostFS,
+    settings: SyncSettings,
+    sources: Sequence[ParseResult],
+    *,
+    hold_all: bool = False,
+    uninstall: bool = False,
 ) -> SyncReport:
     """One reconcile pass: merge ``sources`` into the node's files (or plan it, in a dry run).
 
@@ -236,12 +292,16 @@ def sync(
     with lock:
         ledger_bytes = hostfs.read(settings.ledger_path)
         ledger = Ledger.load(ledger_bytes, source=settings.ledger_path)
-        report.changes, new_ledger = _plan(hostfs, settings, ledger, merged, hold_all)
+        report.changes, new_ledger = _plan(hostfs, settings, ledger, merged, hold_all, uninstall)
         if not settings.dry_run:
             _apply(hostfs, settings, ledger_bytes, ledger, new_ledger, report.changes, report)
     return report
 
 
 def cleanup(hostfs: HostFS, settings: SyncSettings) -> SyncReport:
-    """Remove everything the ledger says the agent owns and restore the foreign originals."""
-    return sync(hostfs, settings, [])
+    """Remove everything the ledger says the agent owns, restore the foreign originals, and remove
+    the agent's own state (the ECR token cache)."""
+    report = sync(hostfs, dataclasses.replace(settings, provider=None), [], uninstall=True)
+    if not settings.dry_run and hostfs.remove(settings.state_dir.rstrip("/") + "/" + ECR_CACHE_FILE):
+        report.removed.append(settings.state_dir.rstrip("/") + "/" + ECR_CACHE_FILE)
+    return report

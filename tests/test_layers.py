@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nodeagent"
-PURE = ["registries.py", "credentials.py", "ledger.py", "targets/kubelet.py", "targets/__init__.py", "errors.py"]
+PURE = [
+    "registries.py",
+    "credentials.py",
+    "ledger.py",
+    "selectors.py",
+    "targets/kubelet.py",
+    "targets/provider.py",
+    "targets/__init__.py",
+    "errors.py",
+]
 FORBIDDEN = {"os", "shutil", "pathlib", "subprocess", "socket", "kubernetes", "nodeagent.hostfs", "nodeagent.cli"}
 
 
@@ -40,3 +49,11 @@ def test_only_hostfs_writes() -> None:
             f"{path.name}:{call}" for call in ("os.rename", "os.unlink", "os.write(", "os.replace") if call in text
         ]
     assert [] == offenders
+
+
+def test_plugin_imports_only_the_standard_library() -> None:
+    """The ECR plugin runs on the host with the host's python3: standard library only, nothing of ours."""
+    import sys
+
+    imported = _imports(PACKAGE / "ecr" / "plugin.py")
+    assert set() == {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}

@@ -40,5 +40,13 @@ class Metrics:
             registry=r,
         )
 
+        self.ecr_fetched = Counter("nodeagent_ecr_tokens_fetched_total", "ECR tokens fetched", ["key"], registry=r)
+        self.ecr_failures = Counter(
+            "nodeagent_ecr_token_failures_total", "Failed ECR token fetches", ["key"], registry=r
+        )
+        self.ecr_expiry = Gauge(
+            "nodeagent_ecr_token_expiry_seconds", "Seconds to expiry of the ECR token when fetched", ["key"], registry=r
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""nodeagent-ecr-credential-provider: a kubelet image credential-provider exec plugin for Amazon ECR.
+
+The kubelet runs this file on the host with the host's ``python3``, so it imports only the
+standard library and nothing from the rest of nodeagent (the agent copies this very file to the
+node). Protocol (kubelet credential provider API): a ``CredentialProviderRequest`` JSON on stdin,
+a ``CredentialProviderResponse`` JSON on stdout in the same apiVersion, exit 0; on any problem
+exit 1 with one line on stderr and nothing on stdout (the kubelet then treats it as "no
+credentials from this plugin").
+
+Tokens come from the cache the nodeagent agent keeps (``<state-dir>/ecr-tokens.json``, 0600)
+when they have more than 15 minutes left; otherwise the agent is asked over its Unix socket.
+No AWS call is ever made here: botocore stays in the agent container.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import socket
+import sys
+import time
+from typing import IO, Any
+
+API_VERSIONS = (
+    "credentialprovider.kubelet.k8s.io/v1",
+    "credentialprovider.kubelet.k8s.io/v1beta1",
+    "credentialprovider.kubelet.k8s.io/v1alpha1",
+)
+# The reference provider's host pattern (kubernetes/cloud-provider-aws, ecr-credential-provider).
+PRIVATE_HOST = re.compile(
+    r"^(\d{12})\.dkr[\.\-]ecr(\-fips)?\.([a-zA-Z0-9][a-zA-Z0-9-_]*)\."
+    r"(amazonaws\.(?:com(?:\.cn)?|eu)|on\.(?:aws|amazonwebservices\.com\.cn)|sc2s\.sgov\.gov|c2s\.ic\.gov"
+    r"|cloud\.adc-e\.uk|csp\.hci\.ic\.gov)$"
+)
+PUBLIC_HOSTS = ("public.ecr.aws", "ecr-public.aws.com")
+PUBLIC_KEY = "public"
+"""Cache key of the ECR Public token (its API lives in us-east-1)."""
+MIN_REMAINING = 15 * 60
+"""A token with less than this left is not handed out: the kubelet may cache it for half of it."""
+SOCKET_TIMEOUT = 20.0
+"""Well inside the kubelet's own 60 s limit for a plugin run."""
+CACHE_FILE = "ecr-tokens.json"
+
+__all__ = ["PRIVATE_HOST", "PUBLIC_HOSTS", "PUBLIC_KEY", "go_duration", "parse_ecr_host", "run"]
+
+
+class PluginError(Exception):
+    """A one-line reason for stderr; never contains a token."""
+
+
+def parse_ecr_host(host: str) -> str | None:
+    """The cache key for an ECR host (its region, or ``public``), or None when it is not ECR."""
+    if host in PUBLIC_HOSTS:
+        return PUBLIC_KEY
+    match = PRIVATE_HOST.match(host)
+    return match.group(3) if match else None
+
+
+def go_duration(seconds: float) -> str:
+    """Format whole seconds as Go's ``time.Duration.String`` does (``6h0m0s``, ``59m0s``, ``30s``)."""
+    total = max(0, int(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _image_host(image: str) -> str:
+    first, slash, _ = image.partition("/")
+    if not slash:
+        raise PluginError("image has no registry host")
+    return first
+
+
+def _read_cache(state_dir: str, key: str) -> tuple[str, float] | None:
+    path = os.path.join(state_dir, CACHE_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            entry = json.loads(handle.read(1 << 20)).get("tokens", {}).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(entry, dict):
+        return None
+    token, expires = entry.get("token"), entry.get("expiresAt")
+    if not isinstance(token, str) or not isinstance(expires, (int, float)):
+        return None
+    return token, float(expires)
+
+
+def _ask_agent(socket_path: str, key: str, timeout: float) -> tuple[str, float]:
+    request = json.dumps({"key": key}).encode() + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(socket_path)
+            conn.sendall(request)
+            chunks = []
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+    except TimeoutError:
+        raise PluginError(f"the nodeagent agent did not answer within {timeout:g}s on {socket_path}") from None
+    except OSError as exc:
+        raise PluginError(f"cannot reach the nodeagent agent on {socket_path}: {exc.strerror or exc}") from None
+    try:
+        answer = json.loads(b"".join(chunks))
+    except ValueError:
+        raise PluginError("the nodeagent agent sent an unreadable answer") from None
+    if not isinstance(answer, dict):
+        raise PluginError("the nodeagent agent sent an unreadable answer")
+    if answer.get("error"):
+        raise PluginError(f"the nodeagent agent could not get a token: {str(answer['error'])[:200]}")
+    token, expires = answer.get("token"), answer.get("expiresAt")
+    if not isinstance(token, str) or not isinstance(expires, (int, float)):
+        raise PluginError("the nodeagent agent sent an answer without a token")
+    return token, float(expires)
+
+
+def _split_token(token: str) -> tuple[str, str]:
+    try:
+        user, sep, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        raise PluginError("the cached token is not base64 of user:password") from None
+    if not sep:
+        raise PluginError("the cached token is not base64 of user:password")
+    return user, password
+
+
+def respond(
+    request: Any, *, state_dir: str, socket_path: str, now: float, timeout: float = SOCKET_TIMEOUT
+) -> dict[str, Any]:
+    """The response for a request, or PluginError."""
+    if not isinstance(request, dict):
+        raise PluginError("request is not a JSON object")
+    api_version = request.get("apiVersion")
+    if api_version not in API_VERSIONS:
+        raise PluginError(f"unsupported apiVersion {str(api_version)[:80]!r}")
+    if request.get("kind") != "CredentialProviderRequest":
+        raise PluginError(f"unexpected kind {str(request.get('kind'))[:80]!r}")
+    image = request.get("image")
+    if not isinstance(image, str) or not image:
+        raise PluginError("request has no image")
+    host = _image_host(image)
+    key = parse_ecr_host(host)
+    if key is None:
+        raise PluginError(f"{host[:120]} is not an ECR registry")
+    cached = _read_cache(state_dir, key)
+    if cached is None or cached[1] - now <= MIN_REMAINING:
+        cached = _ask_agent(socket_path, key, timeout)
+        if cached[1] - now <= 0:
+            raise PluginError("the nodeagent agent has only an expired token (is the node's clock right?)")
+    token, expires = cached
+    username, password = _split_token(token)
+    return {
+        "apiVersion": api_version,
+        "kind": "CredentialProviderResponse",
+        "cacheKeyType": "Registry",
+        "cacheDuration": go_duration((expires - now) / 2),
+        "auth": {host: {"username": username, "password": password}},
+    }
+
+
+def run(stdin: IO[str], stdout: IO[str], argv: list[str], stderr: IO[str] | None = None) -> int:
+    """The protocol shell: parse args, read the request, write only the response to stdout."""
+    err = stderr or sys.stderr
+    parser = argparse.ArgumentParser(prog="nodeagent-ecr-credential-provider", add_help=False)
+    parser.add_argument("--state-dir", default=os.environ.get("NODEAGENT_STATE_DIR", "/var/lib/nodeagent"))
+    parser.add_argument("--socket", default=os.environ.get("NODEAGENT_SOCKET", "/run/nodeagent/agent.sock"))
+    args, _unknown = parser.parse_known_args(argv)
+    try:
+        try:
+            request = json.loads(stdin.read(1 << 20))
+        except ValueError:
+            raise PluginError("stdin is not a JSON CredentialProviderRequest") from None
+        response = respond(request, state_dir=args.state_dir, socket_path=args.socket, now=time.time())
+    except PluginError as exc:
+        err.write(f"nodeagent-ecr-credential-provider: {exc}\n")
+        return 1
+    stdout.write(json.dumps(response))
+    stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.stdin, sys.stdout, sys.argv[1:]))

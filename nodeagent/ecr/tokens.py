@@ -1,0 +1,286 @@
+"""Agent side of ECR: fetch authorization tokens with botocore, keep them fresh, cache them on the
+node for the plugin, and answer the plugin over a Unix socket on a cache miss.
+
+Tokens are fetched per cache key: an AWS region for private ECR (one ``GetAuthorizationToken``
+without registry ids is valid for every registry the principal can reach in that region), or
+``public`` for ECR Public (its API is in us-east-1). Each token is refreshed at half its
+lifetime, never sooner than ``min_refresh`` after the last fetch: a token that is already
+expired when it arrives (a skewed clock, or moto's fixed 2015 expiry) must not cause a storm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nodeagent.ecr.plugin import CACHE_FILE, MIN_REMAINING, PUBLIC_KEY
+from nodeagent.errors import NodeagentError
+from nodeagent.hostfs import HostFS
+from nodeagent.observe.logging import get_logger
+from nodeagent.sources import Backoff
+
+__all__ = ["BotocoreTokens", "EcrSocketServer", "Token", "TokenError", "TokenManager", "TokenSource", "valid_key"]
+
+_REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
+
+
+class TokenError(NodeagentError):
+    """A token could not be fetched; the reason names the AWS error code, never a credential."""
+
+
+def valid_key(key: str) -> bool:
+    """A cache key is ``public`` or an AWS region name."""
+    return key == PUBLIC_KEY or bool(_REGION.match(key))
+
+
+@dataclass(frozen=True)
+class Token:
+    token: str  # base64 of "AWS:<password>", as ECR returns it
+    expires_at: float
+    fetched_at: float
+
+    def __repr__(self) -> str:
+        return f"Token(expires_at={self.expires_at}, fetched_at={self.fetched_at})"
+
+
+class TokenSource(Protocol):
+    def fetch(self, key: str) -> tuple[str, float]:
+        """(authorizationToken, expiresAt as Unix time) for a region or ``public``."""
+
+
+class BotocoreTokens:
+    """:class:`TokenSource` on botocore, with its normal credential chain (web identity, pod
+    identity, instance profile, environment) unless static keys are given."""
+
+    def __init__(
+        self,
+        *,
+        static_credentials: Callable[[], tuple[str, str] | None] | None = None,
+    ) -> None:
+        import botocore.session  # the agent's AWS edge: imported only here
+
+        self._session_factory = botocore.session.get_session
+        self._static = static_credentials
+        self._lock = threading.Lock()
+
+    def _client(self, service: str, region: str) -> Any:
+        session = self._session_factory()
+        if self._static is not None:
+            keys = self._static()
+            if keys is not None:
+                session.set_credentials(*keys)
+        return session.create_client(service, region_name=region)
+
+    def fetch(self, key: str) -> tuple[str, float]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            if key == PUBLIC_KEY:
+                data = self._client("ecr-public", "us-east-1").get_authorization_token()["authorizationData"]
+            else:
+                data = self._client("ecr", key).get_authorization_token()["authorizationData"][0]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "ClientError")
+            raise TokenError(f"ECR {key}: {code}") from None
+        except BotoCoreError as exc:
+            raise TokenError(f"ECR {key}: {type(exc).__name__}") from None
+        except (KeyError, IndexError):
+            raise TokenError(f"ECR {key}: answer without authorizationData") from None
+        expires = data["expiresAt"]
+        return str(data["authorizationToken"]), float(expires.timestamp() if hasattr(expires, "timestamp") else expires)
+
+
+class TokenManager:
+    """Keeps one fresh token per key, writes the plugin's cache, and refreshes in the background."""
+
+    def __init__(
+        self,
+        *,
+        source: TokenSource,
+        hostfs: HostFS,
+        state_dir: str,
+        keys: list[str],
+        clock: Callable[[], float] = time.time,
+        min_refresh: float = 60.0,
+        on_refresh: Callable[[str], None] | None = None,
+        metrics: Any = None,
+        redact: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.source, self.hostfs, self.clock = source, hostfs, clock
+        self.cache_path = state_dir.rstrip("/") + "/" + CACHE_FILE
+        self.state_dir = state_dir
+        self.min_refresh = min_refresh
+        self._keys = set(keys)
+        self._tokens: dict[str, Token] = {}
+        self._failures: dict[str, Backoff] = {}
+        self._retry_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._on_refresh = on_refresh
+        self._metrics = metrics
+        self._redact = redact
+        self._wake = threading.Event()
+        self.log = get_logger(component="ecr")
+
+    @property
+    def keys(self) -> set[str]:
+        with self._lock:
+            return set(self._keys)
+
+    def token(self, key: str) -> Token | None:
+        with self._lock:
+            return self._tokens.get(key)
+
+    def get(self, key: str) -> Token:
+        """A token with more than 15 minutes left, fetching one if needed (the plugin's miss path)."""
+        with self._lock:
+            self._keys.add(key)  # a region seen once is kept warm
+            current = self._tokens.get(key)
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        now = self.clock()
+        if current is not None and current.expires_at - now > MIN_REMAINING:
+            return current
+        with lock:
+            with self._lock:
+                current = self._tokens.get(key)
+            if current is not None and (
+                current.expires_at - now > MIN_REMAINING or now - current.fetched_at < self.min_refresh
+            ):
+                return current  # fresh, or fetched so recently that fetching again would be a storm
+            return self._fetch(key)
+
+    def _fetch(self, key: str) -> Token:
+        try:
+            raw, expires = self.source.fetch(key)
+        except TokenError as exc:
+            if self._metrics is not None:
+                self._metrics.ecr_failures.labels(key).inc()
+            backoff = self._failures.setdefault(key, Backoff(base=5.0, cap=300.0))
+            delay = backoff.next()
+            self._retry_at[key] = self.clock() + delay
+            self.log.warning("ecr_token_failed", key=key, error=str(exc), retry_in_s=round(delay, 1))
+            raise
+        if self._redact is not None:
+            self._redact([raw])
+        now = self.clock()
+        token = Token(raw, expires, now)
+        self._failures.pop(key, None)
+        self._retry_at.pop(key, None)
+        with self._lock:
+            self._tokens[key] = token
+        if expires - now < MIN_REMAINING:
+            self.log.warning(
+                "ecr_token_nearly_expired",
+                key=key,
+                seconds_left=round(expires - now),
+                hint="check the node's clock; the token is refreshed again no sooner than "
+                f"{self.min_refresh:g}s from now",
+            )
+        if self._metrics is not None:
+            self._metrics.ecr_fetched.labels(key).inc()
+            self._metrics.ecr_expiry.labels(key).set(expires - now)
+        self._write_cache()
+        self.log.info("ecr_token_fetched", key=key, expires_in_s=round(expires - now))
+        if self._on_refresh is not None:
+            self._on_refresh(key)
+        return token
+
+    def _write_cache(self) -> None:
+        with self._lock:
+            body = {
+                "version": 1,
+                "tokens": {k: {"token": t.token, "expiresAt": t.expires_at} for k, t in sorted(self._tokens.items())},
+            }
+        self.hostfs.ensure_dir(self.state_dir, mode=0o700)
+        self.hostfs.write(self.cache_path, (json.dumps(body, indent=1) + "\n").encode(), mode=0o600)
+
+    def due(self, key: str) -> float:
+        """When the key's token should be refreshed (Unix time)."""
+        with self._lock:
+            token = self._tokens.get(key)
+        if key in self._retry_at:
+            return self._retry_at[key]
+        if token is None:
+            return 0.0
+        half = (token.expires_at - token.fetched_at) / 2
+        return token.fetched_at + max(self.min_refresh, half)
+
+    def refresh_due(self) -> float:
+        """Refresh every key that is due; return seconds until the next one is due."""
+        now = self.clock()
+        for key in sorted(self.keys):
+            if self.due(key) <= now:
+                lock = self._key_locks.setdefault(key, threading.Lock())
+                with lock, contextlib.suppress(TokenError):  # logged and retried with backoff
+                    self._fetch(key)
+        now = self.clock()
+        upcoming = [self.due(k) - now for k in self.keys]
+        return max(1.0, min(upcoming, default=300.0))
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            wait = self.refresh_due()
+            self._wake.wait(min(wait, 300.0))
+            self._wake.clear()
+
+    def remove_cache(self) -> None:
+        self.hostfs.remove(self.cache_path)
+
+
+class EcrSocketServer:
+    """The Unix socket the plugin asks on a cache miss: one JSON line in, one JSON line out."""
+
+    def __init__(self, *, hostfs: HostFS, socket_path: str, manager: TokenManager) -> None:
+        self.manager = manager
+        directory = os.path.dirname(socket_path)
+        hostfs.ensure_dir(directory, mode=0o700)
+        real = hostfs.real_path(socket_path)
+        hostfs.remove_socket(socket_path)  # a stale socket from an earlier agent
+        self._hostfs, self._socket_path = hostfs, socket_path
+        log = get_logger(component="ecr-socket")
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline(4096)
+                try:
+                    key = json.loads(line).get("key")
+                    if not isinstance(key, str) or not valid_key(key):
+                        raise ValueError("bad key")
+                except (ValueError, AttributeError):
+                    self.wfile.write(b'{"error": "bad request"}\n')
+                    return
+                try:
+                    token = manager.get(key)
+                    answer = {"token": token.token, "expiresAt": token.expires_at}
+                except TokenError as exc:
+                    answer = {"error": str(exc)}
+                log.debug("ecr_socket_request", key=key, ok="token" in answer)
+                self.wfile.write(json.dumps(answer).encode() + b"\n")
+
+        class Server(socketserver.ThreadingUnixStreamServer):
+            daemon_threads = True
+
+        old_umask = os.umask(0o177)  # the socket is created 0600: only root (the kubelet) may ask
+        try:
+            self._server = Server(real, Handler)
+        finally:
+            os.umask(old_umask)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="ecr-socket")
+        self.real_path = real
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with contextlib.suppress(NodeagentError):
+            self._hostfs.remove_socket(self._socket_path)
