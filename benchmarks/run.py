@@ -5,6 +5,9 @@
 * propagation: a Secret PUT on the fake API server until the kubelet's config.json is renamed
   into place (seen with inotify), through the real ``nodeagent run`` process; p50/p99 over
   repeated rotations. Target (issue 3): p99 < 100 ms at 100 registries.
+* plugin: the ECR credential-provider plugin as a whole process, cache hit and cache miss
+  answered over the agent socket, p50/p99 over 200 runs, next to a plugin that would import
+  botocore. Target (issue 5): cache hit p50 < 40 ms.
 * footprint: the idle agent's RSS and CPU over a window (default 60 s).
   Target (issue 3): RSS < 80 MB, CPU < 1% of a core.
 
@@ -190,9 +193,88 @@ def bench_footprint(work: Path, seconds: float) -> None:
     print("\ntarget: RSS < 80 MB, CPU < 1% of a core")
 
 
+PLUGIN = Path(__file__).resolve().parent.parent / "nodeagent/ecr/plugin.py"
+PLUGIN_RUNS = 200
+
+
+def _timed_runs(cmd: list[str], stdin: str, runs: int, env: dict[str, str] | None) -> list[float]:
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False, env=env)
+        timings.append((time.perf_counter() - start) * 1000)
+        if result.returncode != 0:
+            raise RuntimeError(f"plugin failed: {result.stderr.strip()}")
+    return timings
+
+
+def bench_plugin(work: Path) -> None:
+    import socketserver
+
+    print(f"\n## ECR plugin latency (a whole process per request, {PLUGIN_RUNS} runs each)\n")
+    state = work / "plugin-state"
+    state.mkdir()
+    token = base64.b64encode(b"AWS:benchmark-password").decode()
+    expires = time.time() + 12 * 3600
+    request = json.dumps(
+        {
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+            "kind": "CredentialProviderRequest",
+            "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1",
+        }
+    )
+    sock = work / "agent.sock"
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            self.wfile.write(json.dumps({"token": token, "expiresAt": expires}).encode() + b"\n")
+
+    server = socketserver.ThreadingUnixStreamServer(str(sock), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # Run the plugin as the kubelet does: the installed file (0755), its shebang resolving python3
+    # on the host's PATH (here Debian's /usr/bin/python3).
+    installed = work / "nodeagent-ecr-credential-provider"
+    installed.write_bytes(PLUGIN.read_bytes())
+    installed.chmod(0o755)
+    host_env = {"PATH": "/usr/bin:/bin"}
+    base = [str(installed), "--state-dir", str(state), "--socket", str(sock)]
+    rows = [
+        ("baseline: host python3 -c pass", _timed_runs(["/usr/bin/python3", "-c", "pass"], "", PLUGIN_RUNS, host_env))
+    ]
+    (state / "ecr-tokens.json").write_text(
+        json.dumps({"tokens": {"us-east-1": {"token": token, "expiresAt": expires}}})
+    )
+    rows.append(("cache hit", _timed_runs(base, request, PLUGIN_RUNS, host_env)))
+    (state / "ecr-tokens.json").unlink()
+    rows.append(("cache miss, answered over the agent socket", _timed_runs(base, request, PLUGIN_RUNS, host_env)))
+    server.shutdown()
+    server.server_close()
+    botocore_cmd = [
+        sys.executable,
+        "-c",
+        "import sys, json, botocore.session; json.load(sys.stdin); "
+        "botocore.session.get_session().create_client('ecr', region_name='us-east-1')",
+    ]
+    rows.append(
+        ("baseline: the agent's venv python -c pass", _timed_runs([sys.executable, "-c", "pass"], "", 50, None))
+    )
+    rows.append(
+        (
+            "a plugin that imports botocore and builds a client (venv python)",
+            _timed_runs(botocore_cmd, request, 50, None),
+        )
+    )
+    print("| path | p50 ms | p99 ms |")
+    print("|---|---:|---:|")
+    for name, timings in rows:
+        print(f"| {name} | {statistics.median(timings):.1f} | {_percentile(timings, 0.99):.1f} |")
+    print("\ntarget: cache hit p50 < 40 ms (the botocore row makes no AWS call at all; 50 runs)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("sync", "propagation", "footprint"))
+    parser.add_argument("--only", choices=("sync", "propagation", "footprint", "plugin"))
     parser.add_argument("--footprint-seconds", type=float, default=60.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,6 +283,8 @@ def main() -> None:
             bench_sync(work)
         if args.only in (None, "propagation"):
             bench_propagation(work)
+        if args.only in (None, "plugin"):
+            bench_plugin(work)
         if args.only in (None, "footprint"):
             bench_footprint(work, args.footprint_seconds)
 

@@ -15,15 +15,16 @@ No AWS call is ever made here: botocore stays in the agent container.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
 import re
-import socket
 import sys
 import time
-from typing import IO, Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing, argparse and socket cost ~14 ms of start-up on every kubelet pull
+    from typing import IO, Any
 
 API_VERSIONS = (
     "credentialprovider.kubelet.k8s.io/v1",
@@ -99,6 +100,8 @@ def _read_cache(state_dir: str, key: str) -> tuple[str, float] | None:
 
 
 def _ask_agent(socket_path: str, key: str, timeout: float) -> tuple[str, float]:
+    import socket  # only on a cache miss
+
     request = json.dumps({"key": key}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -178,16 +181,23 @@ def respond(
 def run(stdin: IO[str], stdout: IO[str], argv: list[str], stderr: IO[str] | None = None) -> int:
     """The protocol shell: parse args, read the request, write only the response to stdout."""
     err = stderr or sys.stderr
-    parser = argparse.ArgumentParser(prog="nodeagent-ecr-credential-provider", add_help=False)
-    parser.add_argument("--state-dir", default=os.environ.get("NODEAGENT_STATE_DIR", "/var/lib/nodeagent"))
-    parser.add_argument("--socket", default=os.environ.get("NODEAGENT_SOCKET", "/run/nodeagent/agent.sock"))
-    args, _unknown = parser.parse_known_args(argv)
+    options = {
+        "--state-dir": os.environ.get("NODEAGENT_STATE_DIR", "/var/lib/nodeagent"),
+        "--socket": os.environ.get("NODEAGENT_SOCKET", "/run/nodeagent/agent.sock"),
+    }
+    for i, arg in enumerate(argv):  # --flag VALUE or --flag=VALUE; unknown arguments are ignored
+        name, eq, value = arg.partition("=")
+        if name in options:
+            if eq:
+                options[name] = value
+            elif i + 1 < len(argv):
+                options[name] = argv[i + 1]
     try:
         try:
             request = json.loads(stdin.read(1 << 20))
         except ValueError:
             raise PluginError("stdin is not a JSON CredentialProviderRequest") from None
-        response = respond(request, state_dir=args.state_dir, socket_path=args.socket, now=time.time())
+        response = respond(request, state_dir=options["--state-dir"], socket_path=options["--socket"], now=time.time())
     except PluginError as exc:
         err.write(f"nodeagent-ecr-credential-provider: {exc}\n")
         return 1
