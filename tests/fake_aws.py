@@ -38,6 +38,7 @@ class AwsPeer:
         self.raw_expiry = False
         self.throttle = 0
         self.calls: Counter[str] = Counter()
+        self.access_keys: Counter[str] = Counter()
         self._moto = DomainDispatcherApplication(create_backend_app)
         self._server = make_server("127.0.0.1", 0, self, handler_class=_Quiet)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
@@ -63,6 +64,9 @@ class AwsPeer:
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         operation = target.split(".")[-1] if target else parse_qs(body.decode()).get("Action", ["?"])[0]
         self.calls[operation] += 1
+        credential = environ.get("HTTP_AUTHORIZATION", "").partition("Credential=")[2].split("/", 1)[0]
+        if credential:
+            self.access_keys[credential] += 1
         if operation == "GetAuthorizationToken" and self.throttle > 0:
             self.throttle -= 1
             return self._json(

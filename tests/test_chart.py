@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from nodeagent import cli
+from nodeagent.config import PROVIDER_PRESETS
 from nodeagent.credentials import parse_secret
 
 CHART = Path(__file__).resolve().parent.parent / "daemonset"
@@ -35,6 +36,22 @@ FEATURES: dict[str, dict[str, Any]] = {
     "minimal-rbac": {"events": {"enabled": False}, "annotations": {"enabled": False}},
     "mounted-only": {"secrets": [], "mountedSecrets": [{"name": "creds"}]},
     "cleanup": {"cleanupMode": True},
+    "ecr-eks": {
+        "ecr": {
+            "enabled": True,
+            "providerPreset": "eks",
+            "regions": ["us-east-1"],
+            "credentialsSecret": "kube-system/aws",
+        }
+    },
+    "ecr-kubeadm": {
+        "ecr": {
+            "enabled": True,
+            "providerPreset": "kubeadm",
+            "registries": ["123456789012.dkr.ecr.eu-west-1.amazonaws.com"],
+        }
+    },
+    "ecr-tokens-only": {"ecr": {"enabled": True, "registries": ["123456789012.dkr.ecr.eu-west-1.amazonaws.com"]}},
 }
 
 
@@ -231,3 +248,29 @@ def test_no_source_fails_with_a_clear_message() -> None:
     with pytest.raises(helm.HelmError) as info:
         render({"secrets": [], "mountedSecrets": []})
     assert "secrets or mountedSecrets" in str(info.value)
+
+
+@pytest.mark.parametrize("preset", sorted(PROVIDER_PRESETS))
+def test_ecr_presets_match_the_agent(preset: str) -> None:
+    """The chart's ECR provider presets are the agent's own, and exactly their directories are mounted."""
+    objects = render({"ecr": {"enabled": True, "providerPreset": preset}})
+    main = container(objects)
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    bin_dir, config = PROVIDER_PRESETS[preset]
+    assert (bin_dir, config) == (env["NODEAGENT_PROVIDER_BIN_DIR"], env["NODEAGENT_PROVIDER_CONFIG"])
+    config_dir = os.path.dirname(config) if config.endswith((".json", ".yaml", ".yml")) else config
+    assert sorted({bin_dir, config_dir, "/run/nodeagent", "/var/lib/kubelet", "/var/lib/nodeagent"}) == sorted(
+        host_paths(objects)
+    )
+    assert "--ecr" in main["args"]
+
+
+def test_ecr_static_keys_secret_gets_read_access() -> None:
+    """With ecr.credentialsSecret, the agent may read exactly that Secret."""
+    objects = render(FEATURES["ecr-eks"])
+    roles = {
+        r["metadata"]["namespace"]: r["rules"][0]["resourceNames"]
+        for r in only(objects, "Role")
+        if r["metadata"]["name"].endswith("-secrets")
+    }
+    assert ["aws"] == roles["kube-system"]

@@ -177,3 +177,10 @@ def test_plugin_miss_through_the_socket(aws: AwsPeer, host_root: Path) -> None:
     finally:
         server.stop()
     assert not (host_root / "run/nodeagent/agent.sock").exists()
+
+
+@pytest.mark.parametrize("region", ["cn-north-1", "us-gov-west-1", "eu-west-1"])
+def test_other_partitions(aws: AwsPeer, host_root: Path, region: str) -> None:
+    """China and GovCloud regions (and FIPS hosts, which use their region's token) fetch like any other."""
+    token = _manager(host_root).get(region)
+    assert base64.b64decode(token.token).decode().startswith("AWS:")

@@ -83,3 +83,19 @@ first. Sources:
 {{- define "nodeagent.secretNamespace" -}}
 {{- default .root.Release.Namespace .secret.namespace }}
 {{- end }}
+
+{{/*
+Credential-provider paths for ECR, as "binDir|configPath" (mirrors nodeagent.config.PROVIDER_PRESETS):
+  eks     - the EKS AL2023 AMI runs the kubelet with --image-credential-provider-bin-dir=/etc/eks/image-credential-provider
+            and --image-credential-provider-config=/etc/eks/image-credential-provider/config.json.
+  kubeadm - no upstream default: nodeagent's convention, to be set in the kubelet's flags (docs/ecr.md).
+*/}}
+{{- define "nodeagent.providerPaths" -}}
+{{- $presets := dict
+  "eks" (list "/etc/eks/image-credential-provider" "/etc/eks/image-credential-provider/config.json")
+  "kubeadm" (list "/usr/libexec/kubernetes/credential-providers" "/etc/kubernetes/credential-providers") -}}
+{{- $preset := get $presets (.Values.ecr.providerPreset | default "") | default (list "" "") -}}
+{{- $bin := .Values.ecr.providerBinDir | default (index $preset 0) -}}
+{{- $config := .Values.ecr.providerConfig | default (index $preset 1) -}}
+{{- if and $bin $config }}{{ printf "%s|%s" $bin $config }}{{ end -}}
+{{- end }}

@@ -98,3 +98,22 @@ def test_run_ecr_installs_serves_and_cleans_up(
     assert not (root / "var/lib/nodeagent/ecr-tokens.json").exists()
     assert not (root / "var/lib/kubelet/config.json").exists()
     assert SENTINEL not in done.stdout + done.stderr
+
+
+def test_static_keys_from_a_secret(kube: FakeKube, aws: AwsPeer, start_agent: Start, tmp_path: Path) -> None:
+    """--ecr-credentials-secret signs the ECR calls with the Secret's keys (never logged)."""
+    kube.put_secret("ns", "creds", data={".dockerconfigjson": dockerconfig({"r.example.com": SENTINEL})})
+    kube.put_secret(
+        "ns",
+        "aws",
+        type_="Opaque",
+        data={"aws_access_key_id": b"AKIASTATICEXAMPLE", "aws_secret_access_key": (SENTINEL + "-static").encode()},
+    )
+    env = {k: v for k, v in _aws_env(aws, tmp_path).items() if not k.startswith("AWS_ACCESS_KEY_ID")}
+    env.pop("AWS_SECRET_ACCESS_KEY")
+    agent = start_agent(
+        "--secret", "ns/creds", "--ecr", "--ecr-regions", "eu-central-1", "--ecr-credentials-secret", "ns/aws", env=env
+    )
+    wait_for(lambda: (agent.host_root / "var/lib/nodeagent/ecr-tokens.json").exists(), "token cache")
+    assert {"AKIASTATICEXAMPLE"} == set(aws.access_keys)
+    assert "eu-central-1" in json.loads((agent.host_root / "var/lib/nodeagent/ecr-tokens.json").read_text())["tokens"]
