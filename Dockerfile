@@ -16,7 +16,8 @@ COPY pyproject.toml README.md ./
 COPY nodeagent ./nodeagent
 RUN python3 -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && /opt/nodeagent/bin/pip install --no-cache-dir --no-deps /wheels/nodeagent-*.whl \
- && /opt/nodeagent/bin/pip uninstall --yes pip
+ && /opt/nodeagent/bin/pip uninstall --yes pip \
+ && install -D -m 0755 nodeagent/ecr/plugin.py /opt/nodeagent/libexec/nodeagent-ecr-credential-provider
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
@@ -26,6 +27,8 @@ LABEL org.opencontainers.image.title="nodeagent" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/nodeagent/nodeagent"
 COPY --from=build /opt/nodeagent /opt/nodeagent
+# The ECR plugin is also at a fixed path, /opt/nodeagent/libexec/nodeagent-ecr-credential-provider
+# (the agent installs its packaged copy on the node; this one is for inspection and tooling).
 # The Helm chart mounts the host directories the agent writes under /host; the root filesystem
 # is read-only there, so no bytecode is written at run time.
 ENV PATH=/opt/nodeagent/bin:$PATH \

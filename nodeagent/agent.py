@@ -20,7 +20,7 @@ from typing import Any, Literal
 from nodeagent.config import SyncSettings
 from nodeagent.credentials import EntryProblem, ParseResult, RegistryCredential, safe_key
 from nodeagent.ecr.plugin import parse_ecr_host
-from nodeagent.ecr.tokens import EcrSocketServer, TokenManager
+from nodeagent.ecr.tokens import EcrSocketServer, StaticKeys, TokenManager
 from nodeagent.errors import NodeagentError
 from nodeagent.hostfs import HostFS
 from nodeagent.kube import KubeAPI, KubeError
@@ -355,8 +355,9 @@ class Agent:
         self.log.info("ecr_started", keys=sorted(set(keys)), socket=socket_path)
         return server
 
-    def _static_aws_keys(self) -> tuple[str, str] | None:
-        """Static AWS keys from ``--ecr-credentials-secret`` (read when a token is fetched)."""
+    def _static_aws_keys(self) -> StaticKeys | None:
+        """Static AWS keys (and an optional ``role_arn``) from ``--ecr-credentials-secret``,
+        read each time a token is fetched, so a rotated Secret is used on the next refresh."""
         if self.api is None or not self.settings.ecr_credentials_secret:
             return None
         namespace, name = self.settings.ecr_credentials_secret.split("/", 1)
@@ -367,13 +368,19 @@ class Agent:
             return None
         data = (secret or {}).get("data") or {}
         try:
-            key_id = base64.b64decode(data["aws_access_key_id"]).decode()
-            secret_key = base64.b64decode(data["aws_secret_access_key"]).decode()
+            fields = {k: base64.b64decode(v).decode() for k, v in data.items() if isinstance(v, str)}
+            keys = StaticKeys(
+                fields["aws_access_key_id"], fields["aws_secret_access_key"], fields.get("role_arn") or None
+            )
         except (KeyError, ValueError, UnicodeDecodeError):
-            self.log.error("ecr_credentials_invalid", secret=self.settings.ecr_credentials_secret)
+            self.log.error(
+                "ecr_credentials_invalid",
+                secret=self.settings.ecr_credentials_secret,
+                hint="the Secret needs aws_access_key_id and aws_secret_access_key (and may have role_arn)",
+            )
             return None
-        self.redactor.add([secret_key])
-        return key_id, secret_key
+        self.redactor.add([keys.secret_access_key])
+        return keys
 
     def _on_token(self, key: str) -> None:
         if self.settings.ecr_registries:

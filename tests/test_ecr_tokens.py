@@ -184,3 +184,16 @@ def test_other_partitions(aws: AwsPeer, host_root: Path, region: str) -> None:
     """China and GovCloud regions (and FIPS hosts, which use their region's token) fetch like any other."""
     token = _manager(host_root).get(region)
     assert base64.b64decode(token.token).decode().startswith("AWS:")
+
+
+def test_symlink_at_token_cache_refused(aws: AwsPeer, host_root: Path, tmp_path: Path) -> None:
+    """A symlink planted at the token cache is refused: no token is written through it."""
+    outside = tmp_path / "outside"
+    outside.write_text("precious")
+    (host_root / "var/lib/nodeagent").mkdir(parents=True, mode=0o700)
+    (host_root / "var/lib/nodeagent/ecr-tokens.json").symlink_to(outside)
+    from nodeagent.errors import SymlinkRefused
+
+    with pytest.raises(SymlinkRefused):
+        _manager(host_root).get("us-east-1")
+    assert "precious" == outside.read_text()

@@ -90,3 +90,9 @@ def test_wheel_builds_from_the_tree(tmp_path: Path) -> None:
     assert {"nodeagent/cli.py", "nodeagent/agent.py", "nodeagent/hostfs.py"} <= names
     assert "nodeagent = nodeagent.cli:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)
+
+
+def test_plugin_at_a_fixed_path() -> None:
+    """The ECR plugin is installed at /opt/nodeagent/libexec/nodeagent-ecr-credential-provider, 0755."""
+    runs = " ".join(i["value"] for i in _stages()[0] if i["instruction"] == "RUN")
+    assert "install -D -m 0755 nodeagent/ecr/plugin.py /opt/nodeagent/libexec/nodeagent-ecr-credential-provider" in runs

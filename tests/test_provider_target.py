@@ -155,3 +155,24 @@ def test_foreign_plugin_file_not_overwritten(host_root: Path) -> None:
     with pytest.raises(TargetError):
         sync(HostFS(host_root), _settings(host_root), [], hold_all=True)
     assert "someone else's" in path.read_text()
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        "etc/eks/image-credential-provider/nodeagent-ecr-credential-provider",
+        "etc/eks/image-credential-provider/config.json",
+    ],
+)
+def test_symlink_at_plugin_or_config_refused(host_root: Path, tmp_path: Path, plant: str) -> None:
+    """A symlink planted at the plugin or its config is never followed; the target stays untouched."""
+    from nodeagent.errors import SymlinkRefused
+
+    outside = tmp_path / "outside"
+    outside.write_text("precious")
+    path = host_root / plant
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(outside)
+    with pytest.raises(SymlinkRefused):
+        sync(HostFS(host_root), _settings(host_root), [], hold_all=True)
+    assert "precious" == outside.read_text()

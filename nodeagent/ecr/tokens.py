@@ -18,7 +18,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nodeagent.ecr.plugin import CACHE_FILE, MIN_REMAINING, PUBLIC_KEY
@@ -27,7 +27,16 @@ from nodeagent.hostfs import HostFS
 from nodeagent.observe.logging import get_logger
 from nodeagent.sources import Backoff
 
-__all__ = ["BotocoreTokens", "EcrSocketServer", "Token", "TokenError", "TokenManager", "TokenSource", "valid_key"]
+__all__ = [
+    "BotocoreTokens",
+    "EcrSocketServer",
+    "StaticKeys",
+    "Token",
+    "TokenError",
+    "TokenManager",
+    "TokenSource",
+    "valid_key",
+]
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
 
@@ -51,6 +60,15 @@ class Token:
         return f"Token(expires_at={self.expires_at}, fetched_at={self.fetched_at})"
 
 
+@dataclass(frozen=True)
+class StaticKeys:
+    """Keys from ``--ecr-credentials-secret``, and an optional role to assume with them."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    role_arn: str | None = None
+
+
 class TokenSource(Protocol):
     def fetch(self, key: str) -> tuple[str, float]:
         """(authorizationToken, expiresAt as Unix time) for a region or ``public``."""
@@ -63,7 +81,7 @@ class BotocoreTokens:
     def __init__(
         self,
         *,
-        static_credentials: Callable[[], tuple[str, str] | None] | None = None,
+        static_credentials: Callable[[], StaticKeys | None] | None = None,
     ) -> None:
         import botocore.session  # the agent's AWS edge: imported only here
 
@@ -73,10 +91,14 @@ class BotocoreTokens:
 
     def _client(self, service: str, region: str) -> Any:
         session = self._session_factory()
-        if self._static is not None:
-            keys = self._static()
-            if keys is not None:
-                session.set_credentials(*keys)
+        keys = self._static() if self._static is not None else None
+        if keys is not None:
+            session.set_credentials(keys.access_key_id, keys.secret_access_key)
+            if keys.role_arn:
+                sts = session.create_client("sts", region_name=region)
+                assumed = sts.assume_role(RoleArn=keys.role_arn, RoleSessionName="nodeagent-ecr")["Credentials"]
+                session = self._session_factory()
+                session.set_credentials(assumed["AccessKeyId"], assumed["SecretAccessKey"], assumed["SessionToken"])
         return session.create_client(service, region_name=region)
 
     def fetch(self, key: str) -> tuple[str, float]:

@@ -100,14 +100,18 @@ def test_run_ecr_installs_serves_and_cleans_up(
     assert SENTINEL not in done.stdout + done.stderr
 
 
-def test_static_keys_from_a_secret(kube: FakeKube, aws: AwsPeer, start_agent: Start, tmp_path: Path) -> None:
-    """--ecr-credentials-secret signs the ECR calls with the Secret's keys (never logged)."""
+def test_static_keys_and_role_from_a_secret(kube: FakeKube, aws: AwsPeer, start_agent: Start, tmp_path: Path) -> None:
+    """--ecr-credentials-secret: the Secret's keys assume its role_arn, whose keys sign the ECR call (never logged)."""
     kube.put_secret("ns", "creds", data={".dockerconfigjson": dockerconfig({"r.example.com": SENTINEL})})
     kube.put_secret(
         "ns",
         "aws",
         type_="Opaque",
-        data={"aws_access_key_id": b"AKIASTATICEXAMPLE", "aws_secret_access_key": (SENTINEL + "-static").encode()},
+        data={
+            "aws_access_key_id": b"AKIASTATICEXAMPLE",
+            "aws_secret_access_key": (SENTINEL + "-static").encode(),
+            "role_arn": b"arn:aws:iam::123456789012:role/ecr-pull",
+        },
     )
     env = {k: v for k, v in _aws_env(aws, tmp_path).items() if not k.startswith("AWS_ACCESS_KEY_ID")}
     env.pop("AWS_SECRET_ACCESS_KEY")
@@ -115,5 +119,7 @@ def test_static_keys_from_a_secret(kube: FakeKube, aws: AwsPeer, start_agent: St
         "--secret", "ns/creds", "--ecr", "--ecr-regions", "eu-central-1", "--ecr-credentials-secret", "ns/aws", env=env
     )
     wait_for(lambda: (agent.host_root / "var/lib/nodeagent/ecr-tokens.json").exists(), "token cache")
-    assert {"AKIASTATICEXAMPLE"} == set(aws.access_keys)
+    assert 1 <= aws.calls["AssumeRole"]  # the static keys assumed the Secret's role_arn first
+    assert "AKIASTATICEXAMPLE" in aws.access_keys
+    assert len(aws.access_keys) == 2  # ... and ECR was called with the role's temporary keys
     assert "eu-central-1" in json.loads((agent.host_root / "var/lib/nodeagent/ecr-tokens.json").read_text())["tokens"]
