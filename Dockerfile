@@ -1,7 +1,11 @@
 # The nodeagent image: a virtualenv with hash-pinned dependencies and the package as a wheel.
 #
-#   docker build -t ghcr.io/nodeagent/nodeagent:0.1.0 .            (or: buildah bud ...)
-#   docker build --build-arg BASE_IMAGE=my-mirror/python:3.11-slim-bookworm ...
+# The build needs no network: `make image` (scripts/build-image.sh) first fills ./wheelhouse with
+# the wheels pinned (with hashes) in requirements.lock plus the nodeagent wheel built from this
+# tree, then builds this file with buildah (or docker):
+#
+#   make image IMAGE=registry.example.com/platform/nodeagent:0.1.0
+#   BASE_IMAGE=python:3.11-slim-bookworm (default) | any image with python3.11 and its venv module
 #
 # requirements.lock pins every runtime dependency with hashes (`make lock` regenerates it).
 
@@ -9,15 +13,15 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-RUN python3 -m venv /opt/nodeagent
 COPY requirements.lock ./
-RUN /opt/nodeagent/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
-COPY pyproject.toml README.md ./
-COPY nodeagent ./nodeagent
-RUN python3 -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && /opt/nodeagent/bin/pip install --no-cache-dir --no-deps /wheels/nodeagent-*.whl \
- && /opt/nodeagent/bin/pip uninstall --yes pip \
- && install -D -m 0755 nodeagent/ecr/plugin.py /opt/nodeagent/libexec/nodeagent-ecr-credential-provider
+COPY wheelhouse/ /wheelhouse/
+RUN python3 -m venv /opt/nodeagent \
+ && /opt/nodeagent/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse \
+        --require-hashes --no-deps -r requirements.lock \
+ && /opt/nodeagent/bin/pip install --no-cache-dir --no-index --no-deps /wheelhouse/nodeagent-*.whl \
+ && /opt/nodeagent/bin/pip uninstall --yes pip
+COPY nodeagent/ecr/plugin.py ./plugin.py
+RUN install -D -m 0755 plugin.py /opt/nodeagent/libexec/nodeagent-ecr-credential-provider
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= .demo
 
-.PHONY: demo test lint typecheck unit bench lock clean
+.PHONY: demo test lint typecheck unit bench lock image system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,26 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.installed system-deps
 	$(BIN)/pytest -q
 
+# Debian packages the end-to-end tests use (image build): installed when missing and root.
+SYSTEM_PACKAGES := buildah debootstrap
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || \
+	    [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        echo "installing$$missing"; apt-get update -qq && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	    else echo "missing Debian packages:$$missing (install them, or the image tests fail in CI)"; fi; \
+	fi
+
 test: lint typecheck unit
+
+# Build the container image offline (scripts/build-image.sh): IMAGE=..., BASE_IMAGE=... or local.
+image: $(VENV)/.installed
+	PYTHON=$(BIN)/python scripts/build-image.sh
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
