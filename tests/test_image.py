@@ -40,11 +40,15 @@ def test_multi_stage_with_a_clean_final_stage() -> None:
     assert ["--from=build /opt/nodeagent /opt/nodeagent"] == copies
 
 
-def test_dependencies_installed_with_hashes_and_package_as_wheel() -> None:
-    """The build stage installs requirements.lock with --require-hashes and the package from a wheel."""
+def test_dependencies_installed_offline_with_hashes_and_package_as_wheel() -> None:
+    """The build stage installs requirements.lock with --require-hashes from the wheelhouse only
+    (no index: the build needs no network), and the package from its wheel."""
     runs = " ".join(i["value"] for i in _stages()[0] if i["instruction"] == "RUN")
     assert "--require-hashes" in runs and "-r requirements.lock" in runs
-    assert "pip wheel" in runs and "nodeagent-*.whl" in runs
+    assert "--no-index --find-links /wheelhouse" in runs
+    assert "/wheelhouse/nodeagent-*.whl" in runs
+    copies = [i["value"] for i in _stages()[0] if i["instruction"] == "COPY"]
+    assert "wheelhouse/ /wheelhouse/" in copies
 
 
 def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
@@ -95,4 +99,6 @@ def test_wheel_builds_from_the_tree(tmp_path: Path) -> None:
 def test_plugin_at_a_fixed_path() -> None:
     """The ECR plugin is installed at /opt/nodeagent/libexec/nodeagent-ecr-credential-provider, 0755."""
     runs = " ".join(i["value"] for i in _stages()[0] if i["instruction"] == "RUN")
-    assert "install -D -m 0755 nodeagent/ecr/plugin.py /opt/nodeagent/libexec/nodeagent-ecr-credential-provider" in runs
+    assert "install -D -m 0755 plugin.py /opt/nodeagent/libexec/nodeagent-ecr-credential-provider" in runs
+    copies = [i["value"] for i in _stages()[0] if i["instruction"] == "COPY"]
+    assert "nodeagent/ecr/plugin.py ./plugin.py" in copies
