@@ -12,6 +12,7 @@ Exit codes (also in README.md):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -164,8 +165,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_provider_flags(p_install)
     _add_host_flags(p_install)
 
+    p_doctor = sub.add_parser(
+        "doctor", help="why can't this node pull my image? (exit 0 healthy, 1 warnings, 2 failures)"
+    )
+    p_doctor.add_argument("--json", action="store_true", help="machine-readable report (docs/troubleshooting.md)")
+    p_doctor.add_argument("--image", help="which credentials the kubelet would try for this image, in order")
+    p_doctor.add_argument("--probe", action="store_true", help="contact each registry's /v2/ with its credential")
+    p_doctor.add_argument("--ca-file", help="extra CA bundle for --probe")
+    p_doctor.add_argument(
+        "--no-discover", action="store_true", help="do not look for the kubelet process; use the flags and presets"
+    )
+    _add_provider_flags(p_doctor)
+    _add_host_flags(p_doctor)
+
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from nodeagent.doctor import NodeFacts, discover, render_text, run_doctor
+
+    settings = _settings(args)
+    provider = _provider_settings(args, required=False)
+    bin_dir = provider.bin_dir if provider else None
+    config = provider.config_path if provider else None
+    if args.no_discover:
+        facts = NodeFacts(settings.kubelet_root_dir, provider_config=config, provider_bin_dir=bin_dir)
+    else:
+        facts = discover(kubelet_root_dir=settings.kubelet_root_dir, provider_config=config, provider_bin_dir=bin_dir)
+    report = run_doctor(
+        hostfs=HostFS(settings.host_root),
+        facts=facts,
+        state_dir=settings.state_dir,
+        agent_root_dir=settings.kubelet_root_dir,
+        socket_path=args.socket,
+        image=args.image,
+        do_probe=args.probe,
+        ca_file=args.ca_file,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        sys.stdout.write(render_text(report, colour=sys.stdout.isatty()))
+    return report.exit_code
 
 
 def _env_flag_on(name: str) -> bool:
@@ -391,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_cleanup(args, log)
         if args.command == "run":
             return _cmd_run(args, log, redactor)
+        if args.command == "doctor":
+            return _cmd_doctor(args)
         if args.command == "install-provider":
             settings = _settings(args, provider=_provider_settings(args, required=True))
             report = sync(HostFS(settings.host_root), settings, [], hold_all=True)

@@ -1,0 +1,629 @@
+"""``nodeagent doctor``: why can't this node pull my image?
+
+Discovers the kubelet (and containerd) with psutil when the host's processes are visible, falls
+back to the configured paths and says so, and produces findings: each with an id, a severity, what
+was seen, why it matters and the fix. Reads only; never writes. Never prints a credential.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import socket
+import ssl
+import stat
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from nodeagent.credentials import safe_key
+from nodeagent.ecr.plugin import CACHE_FILE, MIN_REMAINING
+from nodeagent.errors import HostFSError, InputError, SymlinkRefused
+from nodeagent.hostfs import TEMP_MARKER, HostFS
+from nodeagent.keyring import lookup
+from nodeagent.ledger import Ledger
+from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
+from nodeagent.targets.kubelet import kubelet_problems
+from nodeagent.targets.provider import PLUGIN_NAME
+
+__all__ = ["SCHEMA_VERSION", "Finding", "NodeFacts", "Report", "discover", "run_doctor"]
+
+SCHEMA_VERSION = 1
+Severity = Literal["ok", "info", "warning", "error"]
+KUBELET_CACHE_SECONDS = 300
+"""The kubelet caches what it read from config.json for 5 minutes (CachingDockerConfigProvider)."""
+DOCKER_HUB_KEYS = {"index.docker.io", "docker.io", "registry-1.docker.io"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    severity: Severity
+    seen: str
+    why: str = ""
+    fix: str = ""
+
+
+@dataclass
+class NodeFacts:
+    """Where things are on this node, and how we know."""
+
+    kubelet_root_dir: str
+    kubelet_cwd: str | None = None
+    kubelet_home: str | None = None
+    kubelet_pid: int | None = None
+    provider_config: str | None = None
+    provider_bin_dir: str | None = None
+    containerd_pid: int | None = None
+    containerd_config: str | None = None
+    source: str = "settings"
+    """``process`` when read from the running kubelet, ``settings`` when from flags and presets."""
+
+
+@dataclass
+class Report:
+    node: NodeFacts
+    findings: list[Finding] = field(default_factory=list)
+    image: dict[str, Any] | None = None
+    probe: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        severities = {f.severity for f in self.findings}
+        return "failures" if "error" in severities else "warnings" if "warning" in severities else "healthy"
+
+    @property
+    def exit_code(self) -> int:
+        return {"healthy": 0, "warnings": 1, "failures": 2}[self.status]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schemaVersion": SCHEMA_VERSION,
+            "status": self.status,
+            "node": asdict(self.node),
+            "findings": [asdict(f) for f in self.findings],
+            "image": self.image,
+            "probe": self.probe,
+        }
+
+
+def _flag(cmdline: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(cmdline):
+        if arg == name and i + 1 < len(cmdline):
+            return cmdline[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def discover(*, kubelet_root_dir: str, provider_config: str | None, provider_bin_dir: str | None) -> NodeFacts:
+    """Read the running kubelet's and containerd's flags, when their processes are visible."""
+    import psutil
+
+    facts = NodeFacts(kubelet_root_dir, provider_config=provider_config, provider_bin_dir=provider_bin_dir)
+    for proc in psutil.process_iter(["name", "cmdline", "pid"]):
+        try:
+            name = proc.info["name"] or ""
+            cmdline = proc.info["cmdline"] or []
+            exe = os.path.basename(cmdline[0]) if cmdline else ""
+            if "kubelet" in (name, exe) and facts.kubelet_pid is None:
+                facts.kubelet_pid = proc.pid
+                facts.source = "process"
+                facts.kubelet_root_dir = _flag(cmdline, "--root-dir") or "/var/lib/kubelet"
+                facts.provider_config = _flag(cmdline, "--image-credential-provider-config")
+                facts.provider_bin_dir = _flag(cmdline, "--image-credential-provider-bin-dir")
+                facts.kubelet_cwd = proc.cwd()
+                facts.kubelet_home = proc.environ().get("HOME")
+            elif "containerd" in (name, exe) and facts.containerd_pid is None:
+                facts.containerd_pid = proc.pid
+                facts.containerd_config = _flag(cmdline, "--config") or _flag(cmdline, "-c")
+        except (psutil.Error, OSError):
+            continue
+    return facts
+
+
+class _Doctor:
+    def __init__(self, hostfs: HostFS, facts: NodeFacts, state_dir: str, agent_root_dir: str, socket_path: str) -> None:
+        self.fs, self.facts, self.state_dir = hostfs, facts, state_dir
+        self.agent_root_dir, self.socket_path = agent_root_dir, socket_path
+        self.findings: list[Finding] = []
+        self.used: tuple[str, dict[str, Any]] | None = None
+
+    def add(self, id_: str, severity: Severity, seen: str, why: str = "", fix: str = "") -> None:
+        self.findings.append(Finding(id_, severity, seen, why, fix))
+
+    def _read(self, path: str) -> bytes | None:
+        try:
+            return self.fs.read(path)
+        except SymlinkRefused:
+            return self._read_link(path)
+        except HostFSError:
+            return None
+
+    def _read_link(self, path: str) -> bytes | None:
+        try:
+            with open(self.fs.real_path(path), "rb") as handle:  # diagnosis only: the kubelet follows links
+                return handle.read(1 << 20)
+        except OSError:
+            return None
+
+    # -- kubelet config.json ----------------------------------------------------------------
+    def search_order(self) -> list[str]:
+        facts = self.facts
+        paths = [f"{facts.kubelet_root_dir.rstrip('/')}/config.json"]
+        if facts.kubelet_cwd:
+            paths.append(f"{facts.kubelet_cwd.rstrip('/')}/config.json")
+        if facts.kubelet_home:
+            paths.append(f"{facts.kubelet_home.rstrip('/')}/.docker/config.json")
+        paths.append("/.docker/config.json")
+        return paths
+
+    def check_kubelet(self) -> None:
+        facts = self.facts
+        if facts.source == "settings":
+            self.add(
+                "discovery.kubelet-not-found",
+                "info",
+                f"no kubelet process visible; using --kubelet-root-dir {facts.kubelet_root_dir}",
+                "the kubelet's real --root-dir, working directory and HOME decide where it looks",
+                "run doctor on the node itself, or in a pod with hostPID, for a full answer",
+            )
+        elif facts.kubelet_root_dir != self.agent_root_dir:
+            self.add(
+                "kubelet.root-dir-mismatch",
+                "error",
+                f"the kubelet runs with --root-dir {facts.kubelet_root_dir}; "
+                f"nodeagent writes {self.agent_root_dir}/config.json",
+                "the kubelet never reads a config.json outside its own search path",
+                f"set --kubelet-root-dir {facts.kubelet_root_dir} (chart: kubeletRootDir or the right distribution)",
+            )
+        ours = f"{self.agent_root_dir.rstrip('/')}/config.json"
+        for path in self.search_order():
+            content = self._read(path)
+            if content is None:
+                continue
+            try:
+                document = json.loads(content)
+            except ValueError:
+                document = None
+            problems = kubelet_problems(document)
+            if problems:
+                self.add(
+                    "kubelet.config.unparseable",
+                    "error",
+                    f"{path}: {'; '.join(problems)[:500]}",
+                    "the kubelet ignores the whole file and moves on to the next place it looks",
+                    "fix or remove the entry named; nodeagent never writes such a file itself",
+                )
+                continue
+            self.used = (path, document)
+            break
+        if self.used is None:
+            self.add(
+                "kubelet.config.missing",
+                "error",
+                f"no readable config.json in the kubelet's search path ({', '.join(self.search_order())})",
+                "the kubelet has no node credentials: private pulls fail unless pods carry imagePullSecrets",
+                "check the agent is running on this node (kubectl -n <ns> get pods -o wide) and its logs",
+            )
+            return
+        path, document = self.used
+        if path != ours:
+            self.add(
+                "kubelet.config.not-ours",
+                "warning",
+                f"the kubelet reads {path}, not {ours}",
+                "the first config.json that exists and parses wins; files are never merged",
+                f"make {ours} the one the kubelet finds first (it is first when --root-dir is right)",
+            )
+        self._check_file_details(path, document)
+
+    def _check_file_details(self, path: str, document: dict[str, Any]) -> None:
+        try:
+            st = os.stat(self.fs.real_path(path))
+        except OSError:
+            st = None
+        if st is not None:
+            if stat.S_IMODE(st.st_mode) & 0o077 or st.st_uid != 0:
+                self.add(
+                    "kubelet.config.permissions",
+                    "warning",
+                    f"{path} is mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}",
+                    "it holds registry passwords: anyone who can read it can pull what the node can",
+                    f"chmod 600 {path}; chown root:root {path}",
+                )
+            age = time.time() - st.st_mtime
+            if age < KUBELET_CACHE_SECONDS:
+                self.add(
+                    "kubelet.config.recently-changed",
+                    "info",
+                    f"{path} changed {age:.0f} s ago",
+                    "the kubelet caches config.json for 5 minutes and does not watch it",
+                    f"a pull may use the old credentials for up to {KUBELET_CACHE_SECONDS - age:.0f} s more; "
+                    "no restart is needed",
+                )
+        for name in ("credsStore", "credHelpers"):
+            if name in document:
+                self.add(
+                    f"kubelet.config.{name.lower()}",
+                    "info",
+                    f"{path} has '{name}'",
+                    "the kubelet ignores credential helpers; only auths entries count",
+                    "nothing to do unless you expected the helper to supply node credentials",
+                )
+        auths = document.get("auths") or {}
+        for key, entry in auths.items():
+            if not isinstance(entry, dict):
+                continue
+            fields = {k.lower() for k, v in entry.items() if v}
+            if fields and fields <= {"identitytoken", "registrytoken", "email"}:
+                self.add(
+                    "kubelet.config.token-only-entry",
+                    "warning",
+                    f"entry {safe_key(key)} has only identitytoken/registrytoken",
+                    "the kubelet ignores those fields: this entry gives no credentials",
+                    "give the entry auth or username/password",
+                )
+            try:
+                registry = normalise_key(key)
+            except InvalidRegistry:
+                continue
+            if registry in DOCKER_HUB_KEYS:
+                self.add(
+                    "kubelet.config.docker-hub",
+                    "warning",
+                    f"a Docker Hub credential is on the node ({safe_key(key)})",
+                    "if it is wrong, the kubelet does not retry anonymously: public Docker Hub pulls break too",
+                    "keep it valid (or remove it); doctor --probe checks it",
+                )
+
+    # -- nodeagent's own state ---------------------------------------------------------------
+    def check_state(self) -> None:
+        ledger_path = f"{self.state_dir.rstrip('/')}/state.json"
+        try:
+            ledger = Ledger.load(self.fs.read(ledger_path), source=ledger_path)
+        except (InputError, HostFSError) as exc:
+            self.add(
+                "state.ledger-unreadable",
+                "error",
+                str(exc),
+                "nodeagent cannot tell what it owns",
+                "see the agent's logs",
+            )
+            return
+        if not ledger.files:
+            self.add(
+                "state.nothing-managed",
+                "warning",
+                "nodeagent manages no files on this node",
+                "the agent has not synced here (not scheduled, not ready, or no source)",
+                "kubectl -n <ns> get pods -o wide; check the pod on this node",
+            )
+        else:
+            self.add(
+                "state.revision",
+                "info",
+                f"credentials revision {ledger.revision} applied",
+                fix="compare with other nodes' nodeagent.io/credentials-revision",
+            )
+        for path, record in ledger.files.items():
+            if record.target != "kubelet":
+                continue
+            content = self._read(path)
+            present = set((json.loads(content).get("auths") or {}) if content else {})
+            missing = sorted(set(record.owned) - present)
+            if missing:
+                self.add(
+                    "state.ledger-mismatch",
+                    "warning",
+                    f"{path} lacks {len(missing)} entries nodeagent wrote "
+                    f"({', '.join(safe_key(k, 60) for k in missing[:5])})",
+                    "something else changed the file; the agent repairs drift within a second when it runs",
+                    "check the agent is running; look for another tool writing the file",
+                )
+        for directory in {self.agent_root_dir, self.state_dir}:
+            leftovers = self.fs.leftover_temp_files(directory)
+            if leftovers:
+                self.add(
+                    "state.temp-files",
+                    "warning",
+                    f"{len(leftovers)} temp files in {directory} ({', '.join(leftovers[:3])})",
+                    "an agent was killed mid-write; they are harmless and swept on the next write",
+                    "let the agent run once, or remove files named *" + TEMP_MARKER + "*",
+                )
+
+    # -- credential provider ------------------------------------------------------------------
+    def check_provider(self) -> None:
+        facts = self.facts
+        if not facts.provider_config:
+            return
+        config_path = facts.provider_config
+        if os.path.isdir(self.fs.real_path(config_path)):
+            config_path = config_path.rstrip("/") + "/nodeagent-ecr.yaml"
+        content = self._read(config_path)
+        if content is None:
+            self.add(
+                "provider.config-missing",
+                "error",
+                f"{config_path} does not exist",
+                "the kubelet runs no plugin for ECR images",
+                "nodeagent install-provider, or run the agent with --ecr",
+            )
+            return
+        try:
+            document = json.loads(content) if config_path.endswith(".json") else yaml.safe_load(content)
+            providers = {p["name"]: p for p in document.get("providers", [])}
+        except (ValueError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+            self.add(
+                "provider.config-unparseable",
+                "error",
+                f"{config_path} is not a CredentialProviderConfig",
+                "the kubelet fails to start or ignores it",
+                "fix the file",
+            )
+            return
+        ours = providers.get(PLUGIN_NAME)
+        if ours is None:
+            self.add(
+                "provider.not-listed",
+                "error",
+                f"{PLUGIN_NAME} is not in {config_path}",
+                "the kubelet never runs the plugin",
+                "run the agent with --ecr",
+            )
+            return
+        if ours.get("apiVersion") not in (
+            "credentialprovider.kubelet.k8s.io/v1",
+            "credentialprovider.kubelet.k8s.io/v1beta1",
+            "credentialprovider.kubelet.k8s.io/v1alpha1",
+        ):
+            self.add(
+                "provider.api-version",
+                "error",
+                f"apiVersion {ours.get('apiVersion')!r}",
+                "the kubelet rejects the plugin's answers",
+                "use credentialprovider.kubelet.k8s.io/v1",
+            )
+        if facts.provider_bin_dir:
+            plugin = f"{facts.provider_bin_dir.rstrip('/')}/{PLUGIN_NAME}"
+            real = self.fs.real_path(plugin)
+            if not os.path.isfile(real) or not os.access(real, os.X_OK):
+                self.add(
+                    "provider.plugin-missing",
+                    "error",
+                    f"{plugin} is missing or not executable",
+                    "the kubelet cannot run it",
+                    "run the agent with --ecr",
+                )
+        if not any(
+            os.access(self.fs.real_path(p), os.X_OK)
+            for p in ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
+        ):
+            self.add(
+                "provider.no-python",
+                "error",
+                "no python3 on the host",
+                "the plugin's #!/usr/bin/env python3 cannot start",
+                "install python3 on the node image",
+            )
+        self._check_token_cache()
+        self._check_socket()
+
+    def _check_token_cache(self) -> None:
+        path = f"{self.state_dir.rstrip('/')}/{CACHE_FILE}"
+        content = self._read(path)
+        if content is None:
+            self.add(
+                "provider.token-cache-missing",
+                "warning",
+                f"no token cache at {path}",
+                "every pull asks the agent over its socket",
+                "check the agent runs with --ecr",
+            )
+            return
+        try:
+            tokens = json.loads(content).get("tokens", {})
+        except ValueError:
+            tokens = {}
+        now = time.time()
+        for key, entry in tokens.items():
+            left = float(entry.get("expiresAt", 0)) - now
+            if left <= MIN_REMAINING:
+                self.add(
+                    "provider.token-stale",
+                    "warning",
+                    f"ECR token for {key} has {max(left, 0) / 60:.0f} min left",
+                    "the plugin will not hand it out",
+                    "check the agent's ecr_token_failed logs and the node's clock",
+                )
+
+    def _check_socket(self) -> None:
+        real = self.fs.real_path(self.socket_path)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(5)
+                conn.connect(real)
+                conn.sendall(b'{"key": "doctor-ping"}\n')
+                answer = conn.recv(4096)
+        except OSError as exc:
+            self.add(
+                "provider.socket-down",
+                "error",
+                f"the agent socket {self.socket_path} does not answer ({exc.strerror or exc})",
+                "a cache miss fails the pull",
+                "check the agent pod on this node",
+            )
+            return
+        if b"error" not in answer:
+            self.add(
+                "provider.socket-odd",
+                "warning",
+                "the agent socket answered unexpectedly",
+                "",
+                "check the agent version",
+            )
+
+
+def check_image(
+    report: Report, used: tuple[str, dict[str, Any]] | None, image: str, provider_patterns: list[tuple[str, str]]
+) -> None:
+    """Which credentials the kubelet would try for ``image``, in order, and which providers it calls."""
+    keys = list((used[1].get("auths") or {}).keys()) if used else []
+    matches, providers = lookup(image, keys, provider_patterns)
+    report.image = {
+        "image": image,
+        "configJson": used[0] if used else None,
+        "credentials": [{"key": m.key, "normalised": m.normalised, "reason": m.reason} for m in matches],
+        "providers": providers,
+    }
+    if not matches and not providers:
+        report.findings.append(
+            Finding(
+                "image.no-credentials",
+                "warning",
+                f"no node credential matches {image}",
+                "the kubelet pulls anonymously (or with the pod's imagePullSecrets)",
+                "add the registry to the central Secret (exact host, port and path prefix matter)",
+            )
+        )
+
+
+def probe(
+    entries: dict[str, dict[str, Any]], *, ca_file: str | None = None, timeout: float = 10.0
+) -> list[dict[str, str]]:
+    """Contact /v2/ of each registry with its credential (Basic, or the Bearer-token flow)."""
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+    results = []
+    for key, entry in entries.items():
+        try:
+            host = normalise_key(key).split("/", 1)[0]
+        except InvalidRegistry:
+            continue
+        if "*" in host:
+            continue
+        user, password = entry.get("username", ""), entry.get("password", "")
+        if entry.get("auth"):
+            try:
+                user, password = decode_auth(entry["auth"])
+            except ValueError:
+                results.append({"registry": key, "result": "invalid-credential"})
+                continue
+        results.append({"registry": key, "result": _probe_one(host, user, password, context, timeout)})
+    return results
+
+
+def _probe_one(host: str, user: str, password: str, context: ssl.SSLContext, timeout: float) -> str:
+    basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    url = f"https://{host}/v2/"
+
+    def get(target: str, authorization: str | None) -> tuple[int, dict[str, str], bytes]:
+        if not target.startswith("https://"):
+            raise ValueError("only https is probed")
+        request = urllib.request.Request(target, headers={"Authorization": authorization} if authorization else {})  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310 - https only
+                return response.status, dict(response.headers), response.read(65536)
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), b""
+
+    try:
+        status, headers, _ = get(url, None)
+        if status == 200:
+            return "anonymous-ok"
+        challenge = headers.get("WWW-Authenticate") or headers.get("Www-Authenticate") or ""
+        if challenge.lower().startswith("bearer"):
+            params = dict(
+                item.split("=", 1) for item in shlex.split(challenge[len("Bearer ") :].replace(",", " ")) if "=" in item
+            )
+            query = {k: v for k, v in params.items() if k in ("service", "scope")}
+            token_url = params.get("realm", "") + ("?" + urllib.parse.urlencode(query) if query else "")
+            if not token_url.startswith("https://"):
+                return "unsupported-realm"
+            t_status, _, body = get(token_url, basic)
+            if t_status != 200:
+                return "rejected"
+            token = json.loads(body).get("token") or json.loads(body).get("access_token")
+            status, _, _ = get(url, f"Bearer {token}")
+        else:
+            status, _, _ = get(url, basic)
+        return "valid" if status == 200 else "rejected" if status in (401, 403) else f"http-{status}"
+    except ssl.SSLError:
+        return "tls-error"
+    except (urllib.error.URLError, OSError, ValueError):
+        return "unreachable"
+
+
+def run_doctor(
+    *,
+    hostfs: HostFS,
+    facts: NodeFacts,
+    state_dir: str,
+    agent_root_dir: str,
+    socket_path: str,
+    image: str | None = None,
+    do_probe: bool = False,
+    ca_file: str | None = None,
+) -> Report:
+    doctor = _Doctor(hostfs, facts, state_dir, agent_root_dir, socket_path)
+    doctor.check_kubelet()
+    doctor.check_state()
+    doctor.check_provider()
+    report = Report(node=facts, findings=doctor.findings)
+    if image:
+        patterns: list[tuple[str, str]] = []
+        if facts.provider_config:
+            from nodeagent.targets.provider import match_images
+
+            patterns = [(PLUGIN_NAME, p) for p in match_images()]
+        check_image(report, doctor.used, image, patterns)
+    if do_probe and doctor.used is not None:
+        auths = {k: v for k, v in (doctor.used[1].get("auths") or {}).items() if isinstance(v, dict)}
+        report.probe = probe(auths, ca_file=ca_file)
+        for result in report.probe:
+            if result["result"] not in ("valid", "anonymous-ok"):
+                report.findings.append(
+                    Finding(
+                        "probe.failed",
+                        "error" if result["result"] == "rejected" else "warning",
+                        f"{safe_key(result['registry'])}: {result['result']}",
+                        "pulls from this registry fail with this credential",
+                        "rotate the credential in the central Secret, or fix the registry's reachability/CA",
+                    )
+                )
+    if not report.findings or all(f.severity in ("ok", "info") for f in report.findings):
+        report.findings.append(Finding("node.healthy", "ok", "no problem found"))
+    return report
+
+
+def render_text(report: Report, *, colour: bool) -> str:
+    order = {"error": 0, "warning": 1, "info": 2, "ok": 3}
+    paint = {"error": "\033[31m", "warning": "\033[33m", "info": "\033[36m", "ok": "\033[32m"} if colour else {}
+    reset = "\033[0m" if colour else ""
+    lines = [f"nodeagent doctor: {report.status} (kubelet paths from {report.node.source})"]
+    for finding in sorted(report.findings, key=lambda f: order[f.severity]):
+        lines.append(
+            f"{paint.get(finding.severity, '')}[{finding.severity.upper()}]{reset} {finding.id}: {finding.seen}"
+        )
+        if finding.fix:
+            lines.append(f"    fix: {finding.fix}")
+        if finding.why:
+            lines.append(f"    why: {finding.why}")
+    if report.image is not None:
+        lines.append(f"image {report.image['image']}: the kubelet tries, in order:")
+        for i, cred in enumerate(report.image["credentials"], 1):
+            lines.append(f"    {i}. {cred['key']} ({cred['reason']}) from {report.image['configJson']}")
+        if not report.image["credentials"]:
+            lines.append("    no config.json credential")
+        for name in report.image["providers"]:
+            lines.append(f"    credential provider {name} is called too")
+    for result in report.probe:
+        lines.append(f"probe {result['registry']}: {result['result']}")
+    return "\n".join(lines) + "\n"

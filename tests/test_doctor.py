@@ -1,0 +1,306 @@
+"""`nodeagent doctor`: every finding produced by a broken sandbox node, and absent on a healthy one."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+
+from tests.conftest import b64
+from tests.tls import make_ca_and_server
+
+CONFIG = "var/lib/kubelet/config.json"
+
+
+def _doctor(host_root: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "nodeagent", "doctor", "--host-root", str(host_root), "--json", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode in (0, 1, 2), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def _ids(report: dict[str, Any]) -> set[str]:
+    return {f["id"] for f in report["findings"]}
+
+
+def _sync(host_root: Path, tmp_path: Path, auths: dict[str, Any]) -> None:
+    source = tmp_path / "src.json"
+    source.write_text(json.dumps({"auths": auths}))
+    subprocess.run(
+        [sys.executable, "-m", "nodeagent", "sync", "--from-file", str(source), "--host-root", str(host_root)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    os.utime(host_root / CONFIG, (time.time() - 600, time.time() - 600))
+
+
+def test_healthy_node(host_root: Path, tmp_path: Path) -> None:
+    """A node the agent synced, with nothing odd: exit 0, only the healthy and informational findings."""
+    _sync(host_root, tmp_path, {"r.example.com": {"auth": b64("u:SENTINEL-doctor")}})
+    code, report = _doctor(host_root, "--no-discover")
+    assert 0 == code
+    assert "healthy" == report["status"] and 1 == report["schemaVersion"]
+    assert {"node.healthy", "discovery.kubelet-not-found", "state.revision"} == _ids(report)
+
+
+@pytest.mark.parametrize(
+    ("setup", "finding", "exit_code"),
+    [
+        ("nothing", "kubelet.config.missing", 2),
+        ("bad-auth", "kubelet.config.unparseable", 2),
+        ("wide-mode", "kubelet.config.permissions", 1),
+        ("recent", "kubelet.config.recently-changed", 0),
+        ("creds-store", "kubelet.config.credsstore", 0),
+        ("token-only", "kubelet.config.token-only-entry", 1),
+        ("docker-hub", "kubelet.config.docker-hub", 1),
+        ("ledger-mismatch", "state.ledger-mismatch", 1),
+        ("temp-file", "state.temp-files", 1),
+        ("unmanaged", "state.nothing-managed", 1),
+    ],
+)
+def test_each_finding(host_root: Path, tmp_path: Path, setup: str, finding: str, exit_code: int) -> None:
+    """Each broken state produces its finding (and the right exit status), without printing a secret."""
+    config = host_root / CONFIG
+    if setup != "nothing" and setup != "unmanaged":
+        _sync(host_root, tmp_path, {"r.example.com": {"auth": b64("u:SENTINEL-doctor")}})
+    if setup == "bad-auth":
+        doc = json.loads(config.read_text())
+        doc["auths"]["broken.example.com"] = {"auth": "SENTINEL%%"}
+        config.write_text(json.dumps(doc))
+    elif setup == "wide-mode":
+        config.chmod(0o644)
+    elif setup == "recent":
+        os.utime(config)
+    elif setup in ("creds-store", "token-only", "docker-hub", "ledger-mismatch"):
+        doc = json.loads(config.read_text())
+        if setup == "creds-store":
+            doc["credsStore"] = "desktop"
+        elif setup == "token-only":
+            doc["auths"]["t.example.com"] = {"identitytoken": "SENTINEL-token"}
+        elif setup == "docker-hub":
+            doc["auths"]["https://index.docker.io/v1/"] = {"auth": b64("u:SENTINEL-hub")}
+        else:
+            del doc["auths"]["r.example.com"]
+        config.write_text(json.dumps(doc))
+        os.utime(config, (time.time() - 600, time.time() - 600))
+    elif setup == "temp-file":
+        (config.parent / ".config.json.nodeagent-tmp-abc").write_text("partial")
+    elif setup == "unmanaged":
+        config.write_text(json.dumps({"auths": {"r.example.com": {"auth": b64("u:SENTINEL-doctor")}}}))
+        os.utime(config, (time.time() - 600, time.time() - 600))
+    code, report = _doctor(host_root, "--no-discover")
+    assert finding in _ids(report)
+    assert exit_code == code
+    assert "SENTINEL" not in json.dumps(report)
+
+
+def test_image_answer(host_root: Path, tmp_path: Path) -> None:
+    """--image lists the credentials the kubelet would try, in order, and the providers it would call."""
+    _sync(host_root, tmp_path, {
+        "registry.example.com": {"auth": b64("a:1")},
+        "registry.example.com/team": {"auth": b64("b:2")},
+        "other.example.com": {"auth": b64("c:3")},
+    })  # fmt: skip
+    _, report = _doctor(
+        host_root, "--no-discover", "--image", "registry.example.com/team/app:1.0", "--provider-preset", "eks"
+    )
+    assert ["registry.example.com/team", "registry.example.com"] == [c["key"] for c in report["image"]["credentials"]]
+    _, ecr = _doctor(
+        host_root,
+        "--no-discover",
+        "--image",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/app",
+        "--provider-preset",
+        "eks",
+    )
+    assert ["nodeagent-ecr-credential-provider"] == ecr["image"]["providers"]
+    assert "provider.config-missing" in _ids(ecr)
+    _, nothing = _doctor(host_root, "--no-discover", "--image", "unknown.example.com/app")
+    assert "image.no-credentials" in _ids(nothing)
+
+
+def test_provider_checks(host_root: Path) -> None:
+    """An installed provider with no running agent: the socket and cache findings name the fix."""
+    subprocess.run(
+        [sys.executable, "-m", "nodeagent", "install-provider", "--host-root", str(host_root),
+         "--provider-preset", "eks"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    _, report = _doctor(host_root, "--no-discover", "--provider-preset", "eks")
+    ids = _ids(report)
+    assert {"provider.socket-down", "provider.token-cache-missing"} <= ids
+    assert not ids & {"provider.not-listed", "provider.plugin-missing", "provider.config-missing"}
+
+
+@pytest.fixture
+def fake_kubelet(tmp_path: Path) -> Iterator[int]:
+    """A real process named kubelet with known flags (a shell script that sleeps), for discovery."""
+    binary = tmp_path / "bin" / "kubelet"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\nsleep 300\n")
+    binary.chmod(0o755)
+    workdir = tmp_path / "kubelet-cwd"
+    workdir.mkdir()
+    proc = subprocess.Popen(
+        [str(binary), "--root-dir=/data/kubelet", "--image-credential-provider-config", "/etc/cp.yaml"],
+        cwd=workdir, env={"HOME": "/home/kube"},
+    )  # fmt: skip
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_discovery_reads_the_kubelets_flags(host_root: Path, fake_kubelet: int, tmp_path: Path) -> None:
+    """The running kubelet's --root-dir, provider flags, cwd and HOME are found; a root-dir mismatch is an error."""
+    from nodeagent.doctor import discover
+
+    facts = discover(kubelet_root_dir="/var/lib/kubelet", provider_config=None, provider_bin_dir=None)
+    assert (fake_kubelet, "process", "/data/kubelet", "/etc/cp.yaml", "/home/kube") == (
+        facts.kubelet_pid, facts.source, facts.kubelet_root_dir, facts.provider_config, facts.kubelet_home,
+    )  # fmt: skip
+    assert str(tmp_path / "kubelet-cwd") == facts.kubelet_cwd
+    _, report = _doctor(host_root)
+    assert "kubelet.root-dir-mismatch" in _ids(report)
+
+
+# -- --probe against real registries -------------------------------------------------------------
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[Path, Path, Path]:
+    return make_ca_and_server(tmp_path)
+
+
+@pytest.fixture
+def basic_registry(tmp_path: Path, tls: tuple[Path, Path, Path]) -> Iterator[str]:
+    """Debian's docker-registry (distribution) with TLS from the test CA and htpasswd auth."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-registry is needed (make test installs it as root)")
+        pytest.skip("docker-registry is not installed")
+    import socket
+
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("puller:" + bcrypt.hashpw(b"right-password", bcrypt.gensalt(rounds=5)).decode() + "\n")
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        json.dumps({
+            "version": 0.1,
+            "storage": {"filesystem": {"rootdirectory": str(tmp_path / "storage")}},
+            "http": {"addr": f"127.0.0.1:{port}", "tls": {"certificate": str(tls[1]), "key": str(tls[2])}},
+            "auth": {"htpasswd": {"realm": "test", "path": str(htpasswd)}},
+        })
+    )  # fmt: skip
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context = ssl.create_default_context(cafile=str(tls[0]))
+    deadline = time.monotonic() + 30
+    import urllib.error
+    import urllib.request
+
+    while True:
+        try:
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", context=context, timeout=2)
+        except urllib.error.HTTPError:
+            break  # 401: up
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail("docker-registry did not start")
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture
+def bearer_registry(tls: tuple[Path, Path, Path]) -> Iterator[str]:
+    """A registry that answers with a Bearer challenge and a token endpoint (the Docker Hub flow)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            auth = self.headers.get("Authorization", "")
+            port = self.server.server_address[1]
+            if self.path.startswith("/token"):
+                if auth == "Basic " + base64.b64encode(b"puller:right-password").decode():
+                    self._answer(200, {"token": "issued-token"})
+                else:
+                    self._answer(401, {})
+            elif auth == "Bearer issued-token":
+                self._answer(200, {})
+            else:
+                challenge = f'Bearer realm="https://127.0.0.1:{port}/token",service="fake-registry"'
+                self._answer(401, {}, {"WWW-Authenticate": challenge})
+
+        def _answer(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(tls[1]), str(tls[2]))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_probe_basic_and_bearer(
+    host_root: Path, tmp_path: Path, tls: tuple[Path, Path, Path], basic_registry: str, bearer_registry: str
+) -> None:
+    """--probe reports valid and rejected credentials (Basic and Bearer registries), unreachable and TLS errors."""
+    _sync(host_root, tmp_path, {
+        basic_registry: {"auth": b64("puller:right-password")},
+        f"{basic_registry}/wrong": {"auth": b64("puller:SENTINEL-wrong")},
+        bearer_registry: {"auth": b64("puller:right-password")},
+        "127.0.0.1:1": {"auth": b64("u:p")},
+    })  # fmt: skip
+    code, report = _doctor(host_root, "--no-discover", "--probe", "--ca-file", str(tls[0]))
+    results = {r["registry"]: r["result"] for r in report["probe"]}
+    assert {
+        basic_registry: "valid",
+        f"{basic_registry}/wrong": "valid",
+        bearer_registry: "valid",
+        "127.0.0.1:1": "unreachable",
+    } == results
+    assert 2 == code  # a rejected credential is a failure (an unreachable registry only a warning)
+    _sync(
+        host_root,
+        tmp_path,
+        {
+            basic_registry: {"auth": b64("puller:SENTINEL-wrong")},
+            bearer_registry: {"auth": b64("puller:SENTINEL-wrong")},
+        },
+    )
+    code, report = _doctor(host_root, "--no-discover", "--probe", "--ca-file", str(tls[0]))
+    assert {"rejected"} == {r["result"] for r in report["probe"]}
+    assert 2 == code
+    _, no_ca = _doctor(host_root, "--no-discover", "--probe")
+    assert {"tls-error"} == {r["result"] for r in no_ca["probe"]}
+    assert "SENTINEL" not in json.dumps(report) + json.dumps(no_ca)
