@@ -557,7 +557,9 @@ def _probe_one(host: str, user: str, password: str, context: ssl.SSLContext, tim
         return "valid" if status == 200 else "rejected" if status in (401, 403) else f"http-{status}"
     except ssl.SSLError:
         return "tls-error"
-    except (urllib.error.URLError, OSError, ValueError):
+    except urllib.error.URLError as exc:
+        return "tls-error" if isinstance(exc.reason, ssl.SSLError) else "unreachable"
+    except (OSError, ValueError):
         return "unreachable"
 
 

@@ -285,7 +285,7 @@ def test_probe_basic_and_bearer(
     results = {r["registry"]: r["result"] for r in report["probe"]}
     assert {
         basic_registry: "valid",
-        f"{basic_registry}/wrong": "valid",
+        f"{basic_registry}/wrong": "rejected",
         bearer_registry: "valid",
         "127.0.0.1:1": "unreachable",
     } == results
