@@ -304,3 +304,54 @@ def test_probe_basic_and_bearer(
     _, no_ca = _doctor(host_root, "--no-discover", "--probe")
     assert {"tls-error"} == {r["result"] for r in no_ca["probe"]}
     assert "SENTINEL" not in json.dumps(report) + json.dumps(no_ca)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "finding"),
+    [
+        ("no-ours", "provider.not-listed"),
+        ("no-plugin", "provider.plugin-missing"),
+        ("stale-token", "provider.token-stale"),
+        ("garbage", "provider.config-unparseable"),
+        ("old-api", "provider.api-version"),
+    ],
+)
+def test_provider_findings(host_root: Path, breakage: str, finding: str) -> None:
+    """Each broken piece of the credential-provider wiring has its finding; a complete install has none of them."""
+    subprocess.run(
+        [sys.executable, "-m", "nodeagent", "install-provider", "--host-root", str(host_root),
+         "--provider-preset", "eks"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    python = host_root / "usr/bin/python3"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    state = host_root / "var/lib/nodeagent"
+    token = base64.b64encode(b"AWS:SENTINEL-token").decode()
+    (state / "ecr-tokens.json").write_text(
+        json.dumps({"tokens": {"us-east-1": {"token": token, "expiresAt": time.time() + 6 * 3600}}})
+    )
+    _, before = _doctor(host_root, "--no-discover", "--provider-preset", "eks")
+    provider_ids = {"provider.not-listed", "provider.plugin-missing", "provider.token-stale", "provider.no-python"}
+    provider_ids |= {"provider.config-unparseable", "provider.api-version", "provider.token-cache-missing"}
+    assert not _ids(before) & provider_ids
+    config = host_root / "etc/eks/image-credential-provider/config.json"
+    if breakage == "no-ours":
+        config.write_text(
+            json.dumps({"apiVersion": "kubelet.config.k8s.io/v1", "kind": "CredentialProviderConfig", "providers": []})
+        )
+    elif breakage == "no-plugin":
+        (host_root / "etc/eks/image-credential-provider/nodeagent-ecr-credential-provider").unlink()
+    elif breakage == "stale-token":
+        stale = {"tokens": {"us-east-1": {"token": token, "expiresAt": time.time() + 60}}}
+        (state / "ecr-tokens.json").write_text(json.dumps(stale))
+    elif breakage == "garbage":
+        config.write_text("{not json")
+    else:
+        doc = json.loads(config.read_text())
+        doc["providers"][0]["apiVersion"] = "credentialprovider.kubelet.k8s.io/v2"
+        config.write_text(json.dumps(doc))
+    _, after = _doctor(host_root, "--no-discover", "--provider-preset", "eks")
+    assert finding in _ids(after)
+    assert "SENTINEL" not in json.dumps(after)
