@@ -97,7 +97,6 @@ class _SourceState:
 @dataclass
 class _Status:
     first_sync_done: bool = False
-    last_pass_ok: bool = False
     heartbeat: float = field(default_factory=time.monotonic)
     annotated_revision: str | None = None
 
@@ -443,7 +442,6 @@ class Agent:
             report = sync(self.hostfs, self.settings.sync, results, hold_all=hold_all)
         except NodeagentError as exc:
             self.metrics.syncs.labels("failure").inc()
-            self._status.last_pass_ok = False
             self.log.error("sync_failed", error=str(exc), error_type=type(exc).__name__)
             self._emit("CredentialsSyncFailed", str(exc), warning=True)
             return False
@@ -464,7 +462,6 @@ class Agent:
             self._drift_repaired(done)
         self._log_report(report, held_because, latency=None if pending_since is None else done - pending_since)
         self._status.first_sync_done = True
-        self._status.last_pass_ok = True
         if wrote or self._status.annotated_revision != report.revision:
             self._annotate(report)
         return True

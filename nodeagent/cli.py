@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument("--event-namespace", default=_env("EVENT_NAMESPACE", "default"))
     _add_provider_flags(p_run)
-    p_run.add_argument("--ecr", action="store_true", default=not _env_flag_on("ECR"), help="serve ECR tokens")
+    p_run.add_argument("--ecr", action="store_true", default=_env_true("ECR"), help="serve ECR tokens")
     p_run.add_argument("--ecr-regions", default=_env("ECR_REGIONS", ""), help="regions to keep warm (comma-separated)")
     p_run.add_argument(
         "--ecr-registries",
@@ -210,9 +210,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _env_flag_on(name: str) -> bool:
-    """True unless ``NODEAGENT_<name>`` is set to a true value (for flags that are off by default)."""
-    return _env(name, "false").strip().lower() not in ("true", "1", "yes", "on")
+def _env_true(name: str) -> bool:
+    """True when ``NODEAGENT_<name>`` switches an off-by-default feature on (``true``/``1``/``yes``)."""
+    return _env(name, "false").strip().lower() in ("true", "1", "yes", "on")
 
 
 def _add_provider_flags(parser: argparse.ArgumentParser) -> None:

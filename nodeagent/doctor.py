@@ -25,14 +25,14 @@ from typing import Any, Literal
 import yaml
 
 from nodeagent.credentials import safe_key
-from nodeagent.ecr.plugin import CACHE_FILE, MIN_REMAINING
+from nodeagent.ecr.plugin import API_VERSIONS, CACHE_FILE, MIN_REMAINING
 from nodeagent.errors import HostFSError, InputError, SymlinkRefused
 from nodeagent.hostfs import TEMP_MARKER, HostFS
 from nodeagent.keyring import lookup
 from nodeagent.ledger import Ledger
 from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
 from nodeagent.targets.kubelet import kubelet_problems
-from nodeagent.targets.provider import PLUGIN_NAME
+from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE
 
 __all__ = ["SCHEMA_VERSION", "Finding", "NodeFacts", "Report", "discover", "run_doctor"]
 
@@ -347,7 +347,7 @@ class _Doctor:
             return
         config_path = facts.provider_config
         if os.path.isdir(self.fs.real_path(config_path)):
-            config_path = config_path.rstrip("/") + "/nodeagent-ecr.yaml"
+            config_path = config_path.rstrip("/") + "/" + PROVIDER_CONFIG_FILE
         content = self._read(config_path)
         if content is None:
             self.add(
@@ -380,11 +380,7 @@ class _Doctor:
                 "run the agent with --ecr",
             )
             return
-        if ours.get("apiVersion") not in (
-            "credentialprovider.kubelet.k8s.io/v1",
-            "credentialprovider.kubelet.k8s.io/v1beta1",
-            "credentialprovider.kubelet.k8s.io/v1alpha1",
-        ):
+        if ours.get("apiVersion") not in API_VERSIONS:
             self.add(
                 "provider.api-version",
                 "error",

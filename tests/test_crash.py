@@ -68,7 +68,7 @@ def test_sigkill_during_sync(tmp_path: Path) -> None:
         target = 1 - current
         proc = ctx.Process(target=_child, args=(str(root), sources[target]))
         proc.start()
-        time.sleep(rng.uniform(0, duration * 1.2))
+        time.sleep(rng.uniform(0, duration * 1.8))
         if proc.pid is not None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.join()

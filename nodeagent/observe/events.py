@@ -8,6 +8,7 @@ Messages name sources and registry keys, never a credential.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable
 
@@ -34,19 +35,21 @@ class EventRecorder:
         self._dedupe_window, self._burst, self._per, self._clock = dedupe_window, burst, per, clock
         self._last: dict[tuple[str, str], float] = {}
         self._sent: list[float] = []
+        self._lock = threading.Lock()
         self.log = get_logger()
 
     def emit(self, reason: str, message: str, *, warning: bool = False) -> bool:
         """Send an event unless it is a recent duplicate or over the rate limit; True if sent."""
         now = self._clock()
         key = (reason, message)
-        if now - self._last.get(key, -1e18) < self._dedupe_window:
-            return False
-        self._sent = [t for t in self._sent if now - t < self._per]
-        if len(self._sent) >= self._burst:
-            return False
-        self._last[key] = now
-        self._sent.append(now)
+        with self._lock:  # source threads and the reconcile loop both emit
+            if now - self._last.get(key, -1e18) < self._dedupe_window:
+                return False
+            self._sent = [t for t in self._sent if now - t < self._per]
+            if len(self._sent) >= self._burst:
+                return False
+            self._last[key] = now
+            self._sent.append(now)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
