@@ -23,6 +23,9 @@ demo: $(VENV)/.installed
 	    --log-format console; echo "exit code $$? (3 = applied, one entry rejected)"
 	@echo "== node after sync (secrets masked)"
 	$(BIN)/nodeagent show --host-root $(DEMO)/host
+	@echo "== doctor: which credentials the kubelet would use for an image, and what looks wrong"
+	$(BIN)/nodeagent doctor --no-discover --host-root $(DEMO)/host --image registry.example.com/team/app:1.0 \
+	    || echo "(doctor exit code $$?: 1 = warnings, 2 = failures)"
 	@echo "== second sync writes nothing"
 	$(BIN)/nodeagent sync --once --from-file examples/dockerconfigjson.json --host-root $(DEMO)/host \
 	    --log-format console || true
