@@ -15,6 +15,7 @@ import socket
 import ssl
 import stat
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,6 +42,9 @@ Severity = Literal["ok", "info", "warning", "error"]
 KUBELET_CACHE_SECONDS = 300
 """The kubelet caches what it read from config.json for 5 minutes (CachingDockerConfigProvider)."""
 DOCKER_HUB_KEYS = {"index.docker.io", "docker.io", "registry-1.docker.io"}
+DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+CRI_PLUGINS = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.images"}
+"""The CRI plugin that holds registry settings, by containerd config version."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class NodeFacts:
     provider_bin_dir: str | None = None
     containerd_pid: int | None = None
     containerd_config: str | None = None
+    containerd_started: float | None = None
     source: str = "settings"
     """``process`` when read from the running kubelet, ``settings`` when from flags and presets."""
 
@@ -125,6 +130,7 @@ def discover(*, kubelet_root_dir: str, provider_config: str | None, provider_bin
             elif "containerd" in (name, exe) and facts.containerd_pid is None:
                 facts.containerd_pid = proc.pid
                 facts.containerd_config = _flag(cmdline, "--config") or _flag(cmdline, "-c")
+                facts.containerd_started = proc.create_time()
         except (psutil.Error, OSError):
             continue
     return facts
@@ -340,6 +346,106 @@ class _Doctor:
                     "let the agent run once, or remove files named *" + TEMP_MARKER + "*",
                 )
 
+    # -- containerd (read only: nodeagent does not manage containerd yet) -------------------------
+    def check_containerd(self) -> list[str]:
+        """Report containerd's registry setup; return its hosts.toml roots (``config_path``)."""
+        path = self.facts.containerd_config or DEFAULT_CONTAINERD_CONFIG
+        content = self._read(path)
+        if content is None:
+            self.add(
+                "containerd.config-missing",
+                "info",
+                f"no containerd config at {path}",
+                "containerd runs with built-in defaults: no per-registry CA, TLS or mirror settings",
+                "nothing to do unless you expected registry settings (give --containerd-config for another path)",
+            )
+            return []
+        try:
+            document = tomllib.loads(content.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            self.add(
+                "containerd.config-unparseable",
+                "error",
+                f"{path}: {str(exc)[:200]}",
+                "containerd does not start with a config it cannot parse",
+                "fix the TOML",
+            )
+            return []
+        version = int(document.get("version", 1))
+        plugin = CRI_PLUGINS.get(version, "cri")
+        registry = ((document.get("plugins") or {}).get(plugin) or {}).get("registry") or {}
+        roots = [r for r in str(registry.get("config_path", "")).split(":") if r]
+        if not roots and version >= 3:
+            roots = ["/etc/containerd/certs.d", "/etc/docker/certs.d"]  # the containerd >= 2.2 default
+        self.add(
+            "containerd.config",
+            "info",
+            f"{path}: version {version}, plugin {plugin}, config_path {':'.join(roots) or '(not set)'}",
+            "" if roots else "without config_path containerd reads no hosts.toml (per-registry CA, TLS, mirrors)",
+            "" if roots else f'set [plugins."{plugin}".registry] config_path = "/etc/containerd/certs.d"',
+        )
+        configs = {h: c for h, c in (registry.get("configs") or {}).items() if isinstance(c, dict) and c.get("auth")}
+        if configs:
+            self.add(
+                "containerd.registry-auth",
+                "info",
+                f"config.toml has credentials for {', '.join(sorted(configs))}",
+                "used only for pulls where the kubelet sends no credentials over CRI",
+                "a change to them needs a containerd restart",
+            )
+        if self.facts.containerd_started is not None:
+            try:
+                mtime = os.stat(self.fs.real_path(path)).st_mtime
+            except OSError:
+                mtime = 0.0
+            if mtime > self.facts.containerd_started:
+                self.add(
+                    "containerd.restart-pending",
+                    "warning",
+                    f"{path} changed after containerd started",
+                    "containerd reads config.toml only at start: the change is not in effect",
+                    "restart containerd when convenient (systemctl restart containerd)",
+                )
+        for root in roots:
+            self._check_hosts_root(root)
+        return roots
+
+    def _check_hosts_root(self, root: str) -> None:
+        real_root = self.fs.real_path(root)
+        try:
+            hosts = sorted(os.listdir(real_root))
+        except OSError:
+            return
+        for host in hosts:
+            hosts_toml = f"{root.rstrip('/')}/{host}/hosts.toml"
+            content = self._read(hosts_toml)
+            if content is None:
+                continue
+            try:
+                document = tomllib.loads(content.decode("utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                self.add(
+                    "containerd.hosts-unparseable",
+                    "error",
+                    f"{hosts_toml}: {str(exc)[:200]}",
+                    "containerd fails pulls from this registry",
+                    "fix the TOML",
+                )
+                continue
+            for url, settings in (document.get("host") or {}).items():
+                cas = settings.get("ca") or []
+                for ca in [cas] if isinstance(cas, str) else cas:
+                    ca_path = ca if ca.startswith("/") else f"{root.rstrip('/')}/{host}/{ca}"
+                    problem = _certificate_problem(self._read(ca_path))
+                    if problem:
+                        self.add(
+                            "containerd.ca-invalid",
+                            "error",
+                            f'{hosts_toml} [host."{url}"] ca {ca_path}: {problem}',
+                            "TLS to the registry fails: x509: certificate signed by unknown authority",
+                            "put the registry's current CA certificate (PEM) at that path",
+                        )
+
     # -- credential provider ------------------------------------------------------------------
     def check_provider(self) -> None:
         facts = self.facts
@@ -468,6 +574,37 @@ class _Doctor:
             )
 
 
+def _certificate_problem(content: bytes | None) -> str | None:
+    if content is None:
+        return "missing"
+    from cryptography import x509
+
+    try:
+        certificates = x509.load_pem_x509_certificates(content)
+    except ValueError:
+        return "not a PEM certificate"
+    now = time.time()
+    for certificate in certificates:
+        if certificate.not_valid_after_utc.timestamp() < now:
+            return f"expired on {certificate.not_valid_after_utc:%Y-%m-%d}"
+        if certificate.not_valid_before_utc.timestamp() > now:
+            return f"not valid before {certificate.not_valid_before_utc:%Y-%m-%d}"
+    return None
+
+
+def containerd_hosts_for(fs: HostFS, roots: list[str], image: str) -> str | None:
+    """The hosts.toml containerd uses for an image: ``<root>/<host[:port]>/hosts.toml``, else ``_default``."""
+    from nodeagent.keyring import image_registry_path, is_docker_hub_image
+
+    host = "docker.io" if is_docker_hub_image(image) else image_registry_path(image).split("/", 1)[0]
+    for name in (host, "_default"):
+        for root in roots:
+            candidate = f"{root.rstrip('/')}/{name}/hosts.toml"
+            if os.path.isfile(fs.real_path(candidate)):
+                return candidate
+    return None
+
+
 def check_image(
     report: Report, used: tuple[str, dict[str, Any]] | None, image: str, provider_patterns: list[tuple[str, str]]
 ) -> None:
@@ -574,6 +711,7 @@ def run_doctor(
     doctor.check_kubelet()
     doctor.check_state()
     doctor.check_provider()
+    roots = doctor.check_containerd()
     report = Report(node=facts, findings=doctor.findings)
     if image:
         patterns: list[tuple[str, str]] = []
@@ -582,6 +720,8 @@ def run_doctor(
 
             patterns = [(PLUGIN_NAME, p) for p in match_images()]
         check_image(report, doctor.used, image, patterns)
+        assert report.image is not None
+        report.image["containerdHostsToml"] = containerd_hosts_for(hostfs, roots, image)
     if do_probe and doctor.used is not None:
         auths = {k: v for k, v in (doctor.used[1].get("auths") or {}).items() if isinstance(v, dict)}
         report.probe = probe(auths, ca_file=ca_file)
@@ -622,6 +762,7 @@ def render_text(report: Report, *, colour: bool) -> str:
             lines.append("    no config.json credential")
         for name in report.image["providers"]:
             lines.append(f"    credential provider {name} is called too")
+        lines.append(f"    containerd hosts.toml: {report.image.get('containerdHostsToml') or 'none applies'}")
     for result in report.probe:
         lines.append(f"probe {result['registry']}: {result['result']}")
     return "\n".join(lines) + "\n"

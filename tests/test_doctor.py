@@ -56,7 +56,9 @@ def test_healthy_node(host_root: Path, tmp_path: Path) -> None:
     code, report = _doctor(host_root, "--no-discover")
     assert 0 == code
     assert "healthy" == report["status"] and 1 == report["schemaVersion"]
-    assert {"node.healthy", "discovery.kubelet-not-found", "state.revision"} == _ids(report)
+    assert {"node.healthy", "discovery.kubelet-not-found", "state.revision", "containerd.config-missing"} == _ids(
+        report
+    )
 
 
 @pytest.mark.parametrize(
@@ -355,3 +357,111 @@ def test_provider_findings(host_root: Path, breakage: str, finding: str) -> None
     _, after = _doctor(host_root, "--no-discover", "--provider-preset", "eks")
     assert finding in _ids(after)
     assert "SENTINEL" not in json.dumps(after)
+
+
+def _ca(directory: Path, *, expired: bool) -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry CA")])
+    now = dt.datetime.now(dt.UTC)
+    start, end = (
+        (now - dt.timedelta(days=10), now - dt.timedelta(days=1))
+        if expired
+        else (now - dt.timedelta(days=1), now + dt.timedelta(days=30))
+    )
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+CONTAINERD_V2 = """version = 2
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "/etc/containerd/certs.d"
+[plugins."io.containerd.grpc.v1.cri".registry.configs."registry.example.com".auth]
+  username = "u"
+  password = "SENTINEL-containerd"
+"""
+
+
+@pytest.mark.parametrize(
+    ("ca", "finding"), [("valid", None), ("expired", "expired on"), ("missing", "missing"), ("garbage", "not a PEM")]
+)
+def test_containerd_hosts_toml_ca(host_root: Path, tmp_path: Path, ca: str, finding: str | None) -> None:
+    """containerd's version, config_path and config.toml auth are reported; a hosts.toml CA that is
+    missing, expired or not PEM is an error; --image names the hosts.toml containerd would use."""
+    config = host_root / "etc/containerd/config.toml"
+    hosts = host_root / "etc/containerd/certs.d/registry.example.com:5000"
+    hosts.mkdir(parents=True)
+    config.write_text(CONTAINERD_V2)
+    (hosts / "hosts.toml").write_text(
+        'server = "https://registry.example.com:5000"\n[host."https://registry.example.com:5000"]\n  ca = "ca.crt"\n'
+    )
+    if ca != "missing":
+        (hosts / "ca.crt").write_bytes(b"garbage" if ca == "garbage" else _ca(tmp_path, expired=ca == "expired"))
+    code, report = _doctor(host_root, "--no-discover", "--image", "registry.example.com:5000/team/app:1")
+    ids = _ids(report)
+    assert {"containerd.config", "containerd.registry-auth"} <= ids
+    errors = [f["seen"] for f in report["findings"] if f["id"] == "containerd.ca-invalid"]
+    if finding is None:
+        assert [] == errors
+    else:
+        assert 1 == len(errors) and finding in errors[0]
+        assert 2 == code
+    assert "/etc/containerd/certs.d/registry.example.com:5000/hosts.toml" == report["image"]["containerdHostsToml"]
+    assert "SENTINEL" not in json.dumps(report)
+
+
+def test_containerd_v3_defaults_and_default_hosts(host_root: Path) -> None:
+    """A version 3 config without config_path uses containerd 2.2's default roots; _default applies to other hosts."""
+    config = host_root / "etc/containerd/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('version = 3\n[plugins."io.containerd.cri.v1.images".registry]\n')
+    default = host_root / "etc/docker/certs.d/_default"
+    default.mkdir(parents=True)
+    (default / "hosts.toml").write_text('[host."https://mirror.example.com"]\n  capabilities = ["pull"]\n')
+    _, report = _doctor(host_root, "--no-discover", "--image", "nginx:1.27")
+    seen = next(f["seen"] for f in report["findings"] if f["id"] == "containerd.config")
+    assert "io.containerd.cri.v1.images" in seen and "/etc/containerd/certs.d:/etc/docker/certs.d" in seen
+    assert "/etc/docker/certs.d/_default/hosts.toml" == report["image"]["containerdHostsToml"]
+
+
+def test_containerd_unparseable(host_root: Path) -> None:
+    """A config.toml containerd cannot parse is an error."""
+    config = host_root / "etc/containerd/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("version = [\n")
+    code, report = _doctor(host_root, "--no-discover")
+    assert "containerd.config-unparseable" in _ids(report)
+    assert 2 == code
+
+
+def test_containerd_restart_pending(host_root: Path, tmp_path: Path) -> None:
+    """config.toml changed after the running containerd started: a restart is pending."""
+    config = host_root / "etc/containerd/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(CONTAINERD_V2)
+    binary = tmp_path / "bin" / "containerd"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\nsleep 300\n")
+    binary.chmod(0o755)
+    proc = subprocess.Popen([str(binary), "--config", "/etc/containerd/config.toml"])
+    try:
+        time.sleep(1.1)  # process start times have a resolution of one clock tick
+        config.write_text(CONTAINERD_V2 + "\n# changed\n")
+        _, pending = _doctor(host_root)
+        assert "containerd.restart-pending" in _ids(pending)
+        os.utime(config, (time.time() - 3600, time.time() - 3600))
+        _, current = _doctor(host_root)
+        assert "containerd.restart-pending" not in _ids(current)
+    finally:
+        proc.kill()
+        proc.wait()
