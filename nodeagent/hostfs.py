@@ -139,8 +139,12 @@ class HostFS:
         except OSError:
             return False
 
-    def ensure_dir(self, host_path: str, mode: int = 0o755) -> None:
-        """Create a directory (and parents) if missing; a symlink or file in its place is refused."""
+    def ensure_dir(self, host_path: str, mode: int = 0o755, *, private: bool = False) -> None:
+        """Create a directory (and parents) if missing; a symlink or file in its place is refused.
+
+        ``private`` directories (the agent's own state and socket dirs) are also brought to ``mode``
+        when they exist with a wider one (a hostPath volume creates them 0755).
+        """
         real = self.real_path(host_path)
         try:
             os.makedirs(real, mode=mode, exist_ok=True)
@@ -151,6 +155,14 @@ class HostFS:
             raise SymlinkRefused(host_path, "directory is a symlink; refusing to follow it")
         if not stat.S_ISDIR(st.st_mode):
             raise NotARegularFile(host_path, "is not a directory")
+        if private and stat.S_IMODE(st.st_mode) != mode:
+            try:
+                try:
+                    os.chmod(real, mode, follow_symlinks=False)
+                except NotImplementedError:  # no lchmod: it was a directory an instant ago (lstat above)
+                    os.chmod(real, mode)
+            except OSError as exc:
+                raise HostFSError(host_path, f"cannot restrict the directory to {mode:o}: {_describe(exc)}") from exc
 
     def write(self, host_path: str, data: bytes, *, mode: int = 0o600) -> bool:
         """Atomically replace the file with ``data``; return False when nothing had to change."""
@@ -262,7 +274,7 @@ class HostFS:
     @contextlib.contextmanager
     def lock(self, host_dir: str, *, timeout: float = 30.0) -> Iterator[None]:
         """Hold an exclusive ``flock`` on ``<host_dir>/lock`` for the duration of the block."""
-        self.ensure_dir(host_dir, mode=0o700)
+        self.ensure_dir(host_dir, mode=0o700, private=True)
         path = self.real_path(host_dir.rstrip("/") + "/lock")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

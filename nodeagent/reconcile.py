@@ -244,7 +244,7 @@ def _apply(
     new_bytes = new_ledger.dump() if new_ledger.files else None
     if not any(c.changed for c in changes) and new_bytes == ledger_bytes:
         return
-    hostfs.ensure_dir(settings.state_dir, mode=0o700)
+    hostfs.ensure_dir(settings.state_dir, mode=0o700, private=True)
     if any(c.changed for c in changes):
         hostfs.write(settings.ledger_path, _intent(ledger, new_ledger).dump())
     for change in changes:

@@ -213,3 +213,12 @@ def test_wide_permissions_tightened(settings: SyncSettings, host_root: Path) -> 
     (host_root / CONFIG).chmod(0o644)
     sync(HostFS(host_root), settings, [_source({"r.example.com": ("u", "p")})])
     assert 0o600 == stat.S_IMODE((host_root / CONFIG).stat().st_mode)
+
+
+def test_state_dir_tightened_when_it_exists_wider(settings: SyncSettings, host_root: Path) -> None:
+    """A state dir created 0755 (as a hostPath volume does) becomes 0700 on the first sync."""
+    state = host_root / "var/lib/nodeagent"
+    state.mkdir(parents=True, mode=0o755)
+    state.chmod(0o755)
+    sync(HostFS(host_root), settings, [_source({"r.example.com": ("u", "p")})])
+    assert 0o700 == stat.S_IMODE(state.stat().st_mode)

@@ -221,7 +221,7 @@ class TokenManager:
                 "version": 1,
                 "tokens": {k: {"token": t.token, "expiresAt": t.expires_at} for k, t in sorted(self._tokens.items())},
             }
-        self.hostfs.ensure_dir(self.state_dir, mode=0o700)
+        self.hostfs.ensure_dir(self.state_dir, mode=0o700, private=True)
         self.hostfs.write(self.cache_path, (json.dumps(body, indent=1) + "\n").encode(), mode=0o600)
 
     def due(self, key: str) -> float:
@@ -263,7 +263,7 @@ class EcrSocketServer:
     def __init__(self, *, hostfs: HostFS, socket_path: str, manager: TokenManager) -> None:
         self.manager = manager
         directory = os.path.dirname(socket_path)
-        hostfs.ensure_dir(directory, mode=0o700)
+        hostfs.ensure_dir(directory, mode=0o700, private=True)
         real = hostfs.real_path(socket_path)
         hostfs.remove_socket(socket_path)  # a stale socket from an earlier agent
         self._hostfs, self._socket_path = hostfs, socket_path
