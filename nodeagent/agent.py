@@ -127,7 +127,6 @@ class Agent:
         self._drift_pending = False
         self._drift_writes: list[float] = []
         self._drift_paused_until = 0.0
-        self._written_stat: tuple[int, int, int] | None = None
         self._node_labels: dict[str, str] | None = None
         self._status = _Status()
         self._watchers: list[Any] = []
@@ -210,8 +209,8 @@ class Agent:
     def _on_drift(self, received: float) -> None:
         if self.clock() < self._drift_paused_until:
             return
-        if self._target_stat() == self._written_stat:
-            return  # the event was the agent's own rename
+        if self._target_stat() == self.hostfs.written.get(self.settings.sync.kubelet_config):
+            return  # the event was the agent's own rename (its file, untouched since)
         with self._lock:
             self._drift_pending = True
         self._wake.set()
@@ -312,7 +311,8 @@ class Agent:
                     failures, retry_at = 0, None
                 else:
                     failures += 1
-                    retry_at = self.clock() + min(300.0, 2.0**failures)
+                    # quick at first (a foreign writer caught mid-write), then slower: 0.5 s doubling to 60 s
+                    retry_at = self.clock() + min(60.0, 0.5 * 2.0 ** (failures - 1))
                 next_resync = self.clock() + self.settings.resync_interval
         finally:
             if ecr_server is not None:
@@ -441,11 +441,14 @@ class Agent:
         try:
             report = sync(self.hostfs, self.settings.sync, results, hold_all=hold_all)
         except NodeagentError as exc:
+            with self._lock:  # the retry still repairs that drift and still ends that propagation
+                self._drift_pending = self._drift_pending or drift
+                if pending_since is not None and (self._pending_since is None or pending_since < self._pending_since):
+                    self._pending_since = pending_since
             self.metrics.syncs.labels("failure").inc()
             self.log.error("sync_failed", error=str(exc), error_type=type(exc).__name__)
             self._emit("CredentialsSyncFailed", str(exc), warning=True)
             return False
-        self._written_stat = self._target_stat()
         done = self.clock()
         bad_input = any(p.source != ECR_SOURCE for p in report.rejected)
         self.metrics.syncs.labels("partial" if bad_input else "success").inc()
@@ -458,7 +461,9 @@ class Agent:
         if pending_since is not None:
             self.metrics.propagation.observe(max(0.0, done - pending_since))
         wrote = bool(report.written or report.removed)
-        if drift and wrote:
+        if wrote and (drift or pending_since is None):
+            # Writing with no source change pending means the file had drifted, whether a watch
+            # event or the periodic resync noticed it.
             self._drift_repaired(done)
         self._log_report(report, held_because, latency=None if pending_since is None else done - pending_since)
         self._status.first_sync_done = True

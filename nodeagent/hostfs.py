@@ -55,6 +55,9 @@ class HostFS:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.stats = WriteStats()
+        self.written: dict[str, tuple[int, int, int]] = {}
+        """(inode, mtime_ns, size) of each file as this writer last wrote it: a later change to
+        the file that does not match is someone else's (drift), even an in-place edit."""
         self._swept: set[str] = set()
 
     # -- paths -----------------------------------------------------------------------------
@@ -200,9 +203,12 @@ class HostFS:
                     view = view[os.write(fd, view) :]
                 os.fchmod(fd, mode)
                 os.fsync(fd)
+                st = os.fstat(fd)
+                written = (st.st_ino, st.st_mtime_ns, st.st_size)
             finally:
                 os.close(fd)
             os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            self.written[host_path] = written
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dirfd)

@@ -161,7 +161,7 @@ def test_drift_repaired(kube: FakeKube, start_agent: Start) -> None:
 def test_drift_fight_backs_off(kube: FakeKube, start_agent: Start) -> None:
     """A writer that keeps fighting the agent makes it back off and report, not loop."""
     _put(kube, {"r.example.com": PW1})
-    agent = start_agent("--secret", f"{NS}/{NAME}")
+    agent = start_agent("--secret", f"{NS}/{NAME}", "--resync-interval", "1")
     wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
     path = agent.host_root / "var/lib/kubelet/config.json"
     for _ in range(12):
