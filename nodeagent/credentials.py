@@ -85,14 +85,6 @@ class RegistryCredential:
         """The ``auths`` entry to write: the fields the source gave, in a fixed order."""
         return {name: getattr(self, name) for name in _STRING_FIELDS if getattr(self, name)}
 
-    def secrets(self) -> tuple[str, ...]:
-        """Every secret value this credential carries, for the log redactor."""
-        values = [self.password, self.auth, self.identitytoken, self.registrytoken]
-        if self.auth:
-            with contextlib.suppress(ValueError):
-                values.append(decode_auth(self.auth)[1])
-        return tuple(v for v in values if v)
-
 
 @dataclass(frozen=True)
 class EntryProblem:

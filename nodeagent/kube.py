@@ -72,7 +72,6 @@ class KubernetesClient:
         configuration.retries = 0  # the agent does its own backoff with jitter
         self._api_client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api_client)
-        self._exceptions = (client.ApiException, Exception)
         self._connect_timeout = connect_timeout
 
     def _call(self, what: str, fn: Any, *args: Any, read_timeout: float = 30.0, **kwargs: Any) -> Any:

@@ -253,9 +253,6 @@ class TokenManager:
             self._wake.wait(min(wait, 300.0))
             self._wake.clear()
 
-    def remove_cache(self) -> None:
-        self.hostfs.remove(self.cache_path)
-
 
 class EcrSocketServer:
     """The Unix socket the plugin asks on a cache miss: one JSON line in, one JSON line out."""
