@@ -24,13 +24,17 @@ from typing import Any
 from nodeagent import __version__
 from nodeagent.agent import Agent, RunSettings, SourceSpec
 from nodeagent.config import (
+    CONTAINERD_PRESETS,
     DEFAULT_KUBELET_ROOT_DIR,
     DEFAULT_STATE_DIR,
     PROVIDER_PRESETS,
+    RESTART_POLICIES,
+    ContainerdSettings,
     ProviderSettings,
     SyncSettings,
     default_host_root,
 )
+from nodeagent.containerd_restart import Restarter
 from nodeagent.credentials import EntryProblem, safe_key
 from nodeagent.ecr.plugin import parse_ecr_host
 from nodeagent.ecr.tokens import valid_key
@@ -41,6 +45,7 @@ from nodeagent.ledger import Ledger
 from nodeagent.observe.health import HealthServer
 from nodeagent.observe.logging import configure_logging, get_logger
 from nodeagent.reconcile import SyncReport, cleanup, diff_changes, load_file_sources, redact_document, sync
+from nodeagent.registry_settings import load_registry_settings
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
 
@@ -94,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_sync.add_argument("--dry-run", action="store_true", help="print a redacted diff, write nothing")
     p_sync.set_defaults(env_files=env_files)
+    _add_containerd_flags(p_sync)
     _add_host_flags(p_sync)
 
     p_clean = sub.add_parser("cleanup", help="remove everything the agent wrote, restore what it replaced")
@@ -138,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument("--event-namespace", default=_env("EVENT_NAMESPACE", "default"))
     _add_provider_flags(p_run)
+    _add_containerd_flags(p_run)
     p_run.add_argument("--ecr", action="store_true", default=_env_true("ECR"), help="serve ECR tokens")
     p_run.add_argument("--ecr-regions", default=_env("ECR_REGIONS", ""), help="regions to keep warm (comma-separated)")
     p_run.add_argument(
@@ -210,6 +217,63 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _add_containerd_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("containerd (docs/containerd.md)")
+    group.add_argument(
+        "--containerd-preset",
+        choices=sorted(CONTAINERD_PRESETS),
+        default=_env("CONTAINERD_PRESET", "") or None,
+        help="where the node's containerd config is (k3s/rke2: under /var/lib/rancher)",
+    )
+    group.add_argument(
+        "--containerd-config",
+        default=_env("CONTAINERD_CONFIG", "") or None,
+        metavar="PATH",
+        help="containerd's config.toml on the host (default with the kubeadm preset: /etc/containerd/config.toml)",
+    )
+    group.add_argument(
+        "--registry-config",
+        default=_env("REGISTRY_CONFIG", "") or None,
+        metavar="PATH",
+        help="TOML with per-registry CA, client TLS, skip_verify, mirrors and containerd_auth (writes hosts.toml)",
+    )
+    group.add_argument(
+        "--containerd-auth",
+        action="store_true",
+        default=_env_true("CONTAINERD_AUTH"),
+        help="also write credentials into containerd's config.toml (needs a containerd restart to apply)",
+    )
+    group.add_argument(
+        "--containerd-restart",
+        choices=RESTART_POLICIES,
+        default=_env("CONTAINERD_RESTART", "none"),
+        help="after a config.toml credential change: none (report 'restart pending'), signal, systemd",
+    )
+    group.add_argument(
+        "--containerd-restart-interval",
+        type=float,
+        default=float(_env("CONTAINERD_RESTART_INTERVAL", "300")),
+        help="at most one containerd restart per this many seconds (default %(default)s)",
+    )
+
+
+def _containerd_settings(args: argparse.Namespace) -> ContainerdSettings | None:
+    """containerd is managed when any containerd flag is given; otherwise its files are left alone."""
+    config = args.containerd_config or (CONTAINERD_PRESETS[args.containerd_preset] if args.containerd_preset else None)
+    if config is None and not (args.registry_config or args.containerd_auth):
+        if args.containerd_restart != "none":
+            raise SettingsError("--containerd-restart needs --containerd-auth")
+        return None
+    if args.containerd_restart != "none" and not args.containerd_auth:
+        raise SettingsError("--containerd-restart needs --containerd-auth (only config.toml changes need a restart)")
+    return ContainerdSettings(
+        config=config or CONTAINERD_PRESETS["kubeadm"],
+        auth=args.containerd_auth,
+        restart=args.containerd_restart,
+        restart_interval=args.containerd_restart_interval,
+    )
+
+
 def _env_true(name: str) -> bool:
     """True when ``NODEAGENT_<name>`` switches an off-by-default feature on (``true``/``1``/``yes``)."""
     return _env(name, "false").strip().lower() in ("true", "1", "yes", "on")
@@ -272,6 +336,8 @@ def _settings(
         from_files=tuple(files),
         dry_run=dry_run,
         provider=provider,
+        containerd=_containerd_settings(args) if hasattr(args, "containerd_auth") else None,
+        registry_config=getattr(args, "registry_config", None),
     )
 
 
@@ -301,12 +367,22 @@ def _cmd_sync(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     if not files:
         raise SettingsError("sync needs at least one --from-file PATH (or NODEAGENT_FROM_FILE)")
     settings = _settings(args, files, args.dry_run)
+    registry_settings = load_registry_settings(settings.registry_config) if settings.registry_config else None
     sources = load_file_sources(settings.from_files)
     for source in sources:
         redactor.add(source.secret_values)
-    report = sync(HostFS(settings.host_root), settings, sources)
+    report = sync(HostFS(settings.host_root), settings, sources, registry_settings=registry_settings)
     if settings.dry_run:
         sys.stdout.write(diff_changes(report.changes) or "no changes\n")
+    elif report.containerd_auth_changed and settings.containerd is not None:
+        restarter = Restarter(settings.containerd)
+        restarter.request()
+        outcome = restarter.maybe_restart()
+        (log.warning if outcome == "pending" else log.info)(
+            "containerd_restart_" + str(outcome),
+            config=settings.containerd.config,
+            why="containerd reads config.toml credentials only at start",
+        )
     return _report(log, report)
 
 

@@ -14,9 +14,11 @@ from pathlib import PurePosixPath
 from nodeagent.errors import SettingsError
 
 __all__ = [
+    "CONTAINERD_PRESETS",
     "DEFAULT_KUBELET_ROOT_DIR",
     "DEFAULT_STATE_DIR",
     "PROVIDER_PRESETS",
+    "ContainerdSettings",
     "ProviderSettings",
     "SyncSettings",
     "default_host_root",
@@ -80,6 +82,45 @@ PROVIDER_PRESETS: dict[str, tuple[str, str]] = {
 }
 
 
+CONTAINERD_PRESETS: dict[str, str] = {
+    "kubeadm": "/etc/containerd/config.toml",
+    "eks": "/etc/containerd/config.toml",
+    # k3s and RKE2 regenerate config.toml from config.toml.tmpl at every start.
+    "k3s": "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
+    "rke2": "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
+}
+_REGENERATED = ("/var/lib/rancher/k3s/", "/var/lib/rancher/rke2/")
+RESTART_POLICIES = ("none", "signal", "systemd")
+
+
+@dataclass(frozen=True)
+class ContainerdSettings:
+    """How the agent manages containerd's registry configuration on this node."""
+
+    config: str = CONTAINERD_PRESETS["kubeadm"]
+    """containerd's config.toml (host path): where ``config_path``, ``imports`` and auth live."""
+    auth: bool = False
+    """Write node credentials into config.toml (``--containerd-auth``). Off by default: the
+    kubelet sends credentials over CRI on every pod pull, and a config.toml change needs a restart."""
+    restart: str = "none"
+    """``none`` reports "restart pending"; ``signal`` sends SIGTERM to containerd (its supervisor
+    restarts it); ``systemd`` runs ``systemctl restart containerd`` in the host's namespaces."""
+    restart_interval: float = 300.0
+    """At most one restart per interval: a burst of rotations costs one restart, not one each."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", _host_dir(self.config, "--containerd-config"))
+        if self.restart not in RESTART_POLICIES:
+            raise SettingsError(f"--containerd-restart must be one of {', '.join(RESTART_POLICIES)}")
+        if self.restart_interval < 0:
+            raise SettingsError("--containerd-restart-interval must not be negative")
+        if self.auth and self.config.startswith(_REGENERATED):
+            raise SettingsError(
+                "--containerd-auth cannot work on k3s/RKE2: they regenerate config.toml at every start "
+                "(put credentials in their registries.yaml); hosts.toml settings work without it"
+            )
+
+
 @dataclass(frozen=True)
 class SyncSettings:
     """Settings shared by ``sync``, ``cleanup`` and ``show``."""
@@ -93,6 +134,10 @@ class SyncSettings:
     """Long enough for the other process's write to finish, short enough to fail a stuck run."""
     provider: ProviderSettings | None = None
     """Install the ECR credential-provider plugin and config (``--ecr``); None removes them."""
+    containerd: ContainerdSettings | None = None
+    """Manage containerd's hosts.toml (and config.toml auth); None leaves containerd alone."""
+    registry_config: str | None = None
+    """``--registry-config``: per-registry TLS, mirrors and containerd auth mode (agent path)."""
 
     def __post_init__(self) -> None:
         if not os.path.isdir(self.host_root):
@@ -109,3 +154,8 @@ class SyncSettings:
     @property
     def ledger_path(self) -> str:
         return str(PurePosixPath(self.state_dir) / "state.json")
+
+    @property
+    def containerd_backup(self) -> str:
+        """Where the original containerd config is kept before the agent's first in-place edit."""
+        return str(PurePosixPath(self.state_dir) / "containerd-config.toml.orig")

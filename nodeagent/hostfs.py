@@ -135,6 +135,27 @@ class HostFS:
         except FileNotFoundError:
             return None
 
+    def mode(self, host_path: str) -> int | None:
+        """The permission bits of a regular file (None when absent); a symlink is refused."""
+        parent, name = self._split(host_path)
+        try:
+            with self._dirfd(host_path, parent) as dirfd:
+                st = self._lstat(host_path, name, dirfd)
+        except FileNotFoundError:
+            return None
+        return None if st is None else stat.S_IMODE(st.st_mode)
+
+    def remove_empty_dir(self, host_path: str) -> bool:
+        """Remove a directory only if it is empty (and not a symlink); False when it is not removed."""
+        real = self.real_path(host_path)
+        try:
+            if not stat.S_ISDIR(os.lstat(real).st_mode):
+                return False
+            os.rmdir(real)
+        except OSError:
+            return False
+        return True
+
     def is_dir(self, host_path: str) -> bool:
         """Whether a real directory (not a symlink to one) stands at the path."""
         try:

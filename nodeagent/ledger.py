@@ -24,21 +24,31 @@ class FileRecord:
 
     ``owned`` maps each ``auths`` key the agent wrote to its normalised registry;
     ``originals`` holds foreign entries the agent replaced, by their original key;
-    ``created`` says the file did not exist before the agent first wrote it.
+    ``created`` says the file did not exist before the agent first wrote it (or, for a
+    ``containerd-hosts`` record, that the agent owns the whole file).
     """
 
     target: str
     created: bool = False
     owned: dict[str, str] = field(default_factory=dict)
     originals: dict[str, Any] = field(default_factory=dict)
+    backup: str = ""
+    """Host path of a copy of the file as it was before the agent's first in-place edit."""
+    digest: str = ""
+    """SHA-256 of the bytes the agent last wrote, to tell whether anyone changed the file since."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "target": self.target,
             "created": self.created,
             "owned": dict(sorted(self.owned.items())),
             "originals": dict(sorted(self.originals.items())),
         }
+        if self.backup:
+            body["backup"] = self.backup
+        if self.digest:
+            body["digest"] = self.digest
+        return body
 
     @classmethod
     def from_json(cls, data: Any) -> FileRecord:
@@ -54,6 +64,8 @@ class FileRecord:
             created=bool(data.get("created", False)),
             owned=dict(owned),
             originals=dict(originals),
+            backup=str(data.get("backup", "")),
+            digest=str(data.get("digest", "")),
         )
 
 

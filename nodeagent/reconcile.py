@@ -34,6 +34,8 @@ from nodeagent.ecr.plugin import CACHE_FILE as ECR_CACHE_FILE
 from nodeagent.errors import InputError
 from nodeagent.hostfs import HostFS
 from nodeagent.ledger import FileRecord, Ledger
+from nodeagent.registry_settings import SettingsLoad
+from nodeagent.targets.containerd import plan_containerd
 from nodeagent.targets.kubelet import render_kubelet_config
 from nodeagent.targets.provider import (
     CONFIG_TARGET,
@@ -81,6 +83,9 @@ class SyncReport:
     warnings: tuple[EntryProblem, ...] = ()
     conflicts: tuple[EntryProblem, ...] = ()
     dry_run: bool = False
+    containerd_auth_changed: bool = False
+    """config.toml (or the drop-in) credentials changed: containerd needs a restart to use them."""
+    prune_dirs: list[str] = field(default_factory=list)
 
 
 def load_file_sources(paths: Sequence[str]) -> list[ParseResult]:
@@ -158,6 +163,8 @@ def _plan(
     merged: MergeResult,
     hold_all: bool,
     uninstall: bool,
+    registry_settings: SettingsLoad | None,
+    report: SyncReport,
 ) -> tuple[list[FileChange], Ledger]:
     path = settings.kubelet_config
     current = hostfs.read(path)
@@ -176,6 +183,17 @@ def _plan(
     changes = [FileChange(path, current, render.content)]
     _record(new_ledger, path, render.record)
     changes += _plan_provider(hostfs, settings, ledger, new_ledger, uninstall)
+    changes += _plan_containerd(
+        hostfs,
+        settings,
+        ledger,
+        new_ledger,
+        merged,
+        registry_settings,
+        uninstall=uninstall,
+        hold_all=hold_all,
+        report=report,
+    )
     return changes, new_ledger
 
 
@@ -220,6 +238,46 @@ def _plan_provider(
     return changes
 
 
+def _plan_containerd(
+    hostfs: HostFS,
+    settings: SyncSettings,
+    ledger: Ledger,
+    new_ledger: Ledger,
+    merged: MergeResult,
+    registry_settings: SettingsLoad | None,
+    *,
+    uninstall: bool,
+    hold_all: bool,
+    report: SyncReport,
+) -> list[FileChange]:
+    """containerd's hosts.toml files and config.toml credentials (targets/containerd.py plans;
+    this reads what it needs from the host and records ownership)."""
+    containerd = None if uninstall else settings.containerd
+    if containerd is None and not uninstall:
+        return []  # containerd is not managed: its files (and the ledger's records of them) stay
+    plan = plan_containerd(
+        read=hostfs.read,
+        is_dir=hostfs.is_dir,
+        mode_of=hostfs.mode,
+        settings=containerd,
+        credentials=merged.credentials,
+        registries=registry_settings.registries if registry_settings is not None else {},
+        ledger=ledger,
+        backup_path=settings.containerd_backup,
+        held=merged.held_registries,
+        hold_all=hold_all,
+    )
+    for path in plan.forget:
+        new_ledger.files.pop(path, None)
+    for path, record in plan.records.items():
+        new_ledger.files[path] = record
+    report.conflicts += tuple(plan.conflicts)
+    report.warnings += tuple(plan.warnings)
+    report.prune_dirs.extend(plan.prune_dirs)
+    report.containerd_auth_changed = plan.auth_changed
+    return [FileChange(c.path, c.old, c.new, c.mode) for c in plan.changes]
+
+
 def _intent(old: Ledger, new: Ledger) -> Ledger:
     """Old and new ownership together: what to record before any target file changes."""
     union = old.copy()
@@ -229,6 +287,7 @@ def _intent(old: Ledger, new: Ledger) -> Ledger:
         merged.owned.update(record.owned)
         merged.originals.update(record.originals)
         merged.created = merged.created or record.created
+        merged.backup = merged.backup or record.backup
     return union
 
 
@@ -257,6 +316,9 @@ def _apply(
             hostfs.ensure_dir(change.path.rsplit("/", 1)[0] or "/")
             if hostfs.write(change.path, change.new, mode=change.mode):
                 report.written.append(change.path)
+    for directory in report.prune_dirs:
+        if hostfs.remove_empty_dir(directory):
+            report.removed.append(directory + "/")
     if new_bytes is None:
         hostfs.remove(settings.ledger_path)
     else:
@@ -270,6 +332,7 @@ def sync(
     *,
     hold_all: bool = False,
     uninstall: bool = False,
+    registry_settings: SettingsLoad | None = None,
 ) -> SyncReport:
     """One reconcile pass: merge ``sources`` into the node's files (or plan it, in a dry run).
 
@@ -280,8 +343,8 @@ def sync(
     report = SyncReport(
         registries=len(merged.credentials),
         revision=compute_revision(merged.credentials),
-        rejected=merged.rejected,
-        warnings=merged.warnings,
+        rejected=merged.rejected + (registry_settings.rejected if registry_settings else ()),
+        warnings=merged.warnings + (registry_settings.warnings if registry_settings else ()),
         conflicts=merged.conflicts,
         dry_run=settings.dry_run,
     )
@@ -292,7 +355,9 @@ def sync(
     with lock:
         ledger_bytes = hostfs.read(settings.ledger_path)
         ledger = Ledger.load(ledger_bytes, source=settings.ledger_path)
-        report.changes, new_ledger = _plan(hostfs, settings, ledger, merged, hold_all, uninstall)
+        report.changes, new_ledger = _plan(
+            hostfs, settings, ledger, merged, hold_all, uninstall, registry_settings, report
+        )
         if not settings.dry_run:
             _apply(hostfs, settings, ledger_bytes, ledger, new_ledger, report.changes, report)
     return report

@@ -15,6 +15,7 @@ PURE = [
     "selectors.py",
     "targets/kubelet.py",
     "targets/provider.py",
+    "targets/containerd.py",
     "targets/__init__.py",
     "errors.py",
 ]

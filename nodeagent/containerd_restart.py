@@ -1,0 +1,144 @@
+"""Applying a config.toml credential change: containerd reads config.toml only at start.
+
+Policies (``--containerd-restart``):
+
+* ``none`` (default): nothing is restarted; the agent logs and exports "restart pending", and
+  ``nodeagent doctor`` reports it (config.toml newer than the running containerd).
+* ``signal``: SIGTERM to the containerd process (the chart then needs ``hostPID``); containerd
+  shuts down cleanly and its supervisor (systemd's ``Restart=always``) starts it again.
+* ``systemd``: ``systemctl restart containerd`` in the host's namespaces (through ``nsenter -t 1``;
+  needs ``hostPID`` and a privileged container).
+
+A restart is requested only when the credential content really changed, and happens at most
+once per ``restart_interval`` (a burst of rotations costs one restart).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from nodeagent.config import ContainerdSettings
+from nodeagent.errors import NodeagentError
+
+__all__ = ["ContainerdProcess", "RestartError", "Restarter", "find_containerd", "restart_pending"]
+
+
+class RestartError(NodeagentError):
+    """containerd could not be restarted (no process found, or the command failed)."""
+
+
+class ContainerdProcess:
+    """The facts about a running containerd the restart logic needs."""
+
+    def __init__(self, pid: int, config: str | None, started: float) -> None:
+        self.pid, self.config, self.started = pid, config, started
+
+
+def _processes() -> Iterable[Any]:
+    import psutil
+
+    return psutil.process_iter(["name", "cmdline", "create_time"])
+
+
+def find_containerd(
+    config: str | None, processes: Callable[[], Iterable[Any]] = _processes
+) -> ContainerdProcess | None:
+    """The containerd daemon using ``config`` (by its ``--config`` flag), else the only one running."""
+    found: list[ContainerdProcess] = []
+    for proc in processes():
+        try:
+            info = proc.info
+            cmdline = info.get("cmdline") or []
+            if info.get("name") != "containerd" and os.path.basename(cmdline[0] if cmdline else "") != "containerd":
+                continue
+            flag = None
+            for i, arg in enumerate(cmdline):
+                if arg in ("--config", "-c") and i + 1 < len(cmdline):
+                    flag = cmdline[i + 1]
+                elif arg.startswith("--config="):
+                    flag = arg.split("=", 1)[1]
+            found.append(ContainerdProcess(proc.pid, flag, float(info.get("create_time") or 0.0)))
+        except (OSError, KeyError, IndexError):
+            continue
+        except Exception as exc:  # psutil.Error (NoSuchProcess, AccessDenied): skip that process
+            if type(exc).__module__.startswith("psutil"):
+                continue
+            raise
+    matching = [p for p in found if config is not None and p.config == config]
+    if matching:
+        return matching[0]
+    return found[0] if len(found) == 1 else None
+
+
+def restart_pending(config_mtime: float | None, process: ContainerdProcess | None) -> bool | None:
+    """True when config.toml changed after containerd started; None when that cannot be known."""
+    if config_mtime is None or process is None:
+        return None
+    return config_mtime > process.started
+
+
+class Restarter:
+    """Runs the restart policy after credential changes, at most once per interval."""
+
+    def __init__(
+        self,
+        settings: ContainerdSettings,
+        *,
+        run: Callable[..., Any] = subprocess.run,
+        kill: Callable[[int, int], None] = os.kill,
+        processes: Callable[[], Iterable[Any]] = _processes,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._run, self._kill, self._processes, self._clock = run, kill, processes, clock
+        self.pending = False
+        self.last: float | None = None
+
+    def request(self) -> None:
+        self.pending = True
+
+    def due_at(self) -> float | None:
+        """When the pending restart may run (None: nothing to run, or policy ``none``)."""
+        if not self.pending or self.settings.restart == "none":
+            return None
+        return self._clock() if self.last is None else self.last + self.settings.restart_interval
+
+    def maybe_restart(self) -> str | None:
+        """Run a pending restart if allowed now: "restarted", "pending" (policy none),
+        "deferred" (within the interval), or None when nothing is pending."""
+        if not self.pending:
+            return None
+        if self.settings.restart == "none":
+            return "pending"
+        now = self._clock()
+        if self.last is not None and now - self.last < self.settings.restart_interval:
+            return "deferred"
+        self.last = now  # a failed attempt also waits an interval: no restart storm
+        self._restart()
+        self.pending = False
+        return "restarted"
+
+    def _restart(self) -> None:
+        if self.settings.restart == "signal":
+            process = find_containerd(self.settings.config, self._processes)
+            if process is None:
+                raise RestartError("no containerd process is visible (the signal policy needs hostPID)")
+            try:
+                self._kill(process.pid, signal.SIGTERM)
+            except OSError as exc:
+                raise RestartError(f"cannot signal containerd (pid {process.pid}): {exc.strerror}") from exc
+            return
+        command = ["nsenter", "--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--"]
+        command += ["systemctl", "restart", "containerd"]
+        try:
+            result = self._run(command, capture_output=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RestartError(f"systemctl restart containerd failed to run: {exc}") from exc
+        if result.returncode != 0:
+            detail = (result.stderr or b"").decode("utf-8", "replace").strip()[:300]
+            raise RestartError(f"systemctl restart containerd exited {result.returncode}: {detail}")
