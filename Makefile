@@ -44,8 +44,8 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed system-deps
 	$(BIN)/pytest -q
 
-# Debian packages the end-to-end tests use (image build): installed when missing and root.
-SYSTEM_PACKAGES := buildah debootstrap docker-registry
+# Debian packages the end-to-end tests use (image build, registry, containerd): installed when missing and root.
+SYSTEM_PACKAGES := buildah debootstrap docker-registry containerd
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || \
 	    [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \

@@ -38,9 +38,23 @@ def need(program: str) -> str:
     return path
 
 
-def free_port() -> int:
+def node_address() -> str:
+    """A non-loopback IPv4 address of this machine. containerd treats loopback registries
+    (127.0.0.0/8, localhost) as local and falls back to plain HTTP, so a TLS test needs another."""
+    import psutil
+
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return str(address.address)
+    if os.environ.get("CI"):
+        pytest.fail("the containerd TLS tests need a non-loopback IPv4 address on this machine")
+    pytest.skip("no non-loopback IPv4 address")
+
+
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((address, 0))
         return int(probe.getsockname()[1])
 
 
@@ -53,13 +67,14 @@ class Registry:
     cert: Path
     key: Path
     port: int
+    address: str = "127.0.0.1"
     username: str = "puller"
     password: str = "right-password"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def start(self) -> None:
         binary = need("docker-registry")
@@ -147,3 +162,99 @@ class Registry:
         oci = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
         self._request("PUT", f"/v2/{repository}/manifests/{tag}", manifest, oci).close()
         return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+
+CONTAINERD_CONFIG = """# the node's own containerd config (the test's: private root, state and socket)
+version = 2
+root = "{root}/root"
+state = "{root}/state"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.devmapper",
+]
+
+[grpc]
+  address = "{root}/containerd.sock"
+
+[ttrpc]
+  address = "{root}/containerd.sock.ttrpc"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+"""
+
+
+class PullFailed(Exception):
+    """CRI PullImage failed; the message is containerd's (gRPC details)."""
+
+
+class Containerd:
+    """Debian's containerd with a private root/state/socket, driven over CRI like the kubelet."""
+
+    def __init__(self, config: Path, runtime_dir: Path) -> None:
+        self.config, self.runtime_dir = config, runtime_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = runtime_dir / "containerd.log"
+
+    @property
+    def socket(self) -> Path:
+        return self.runtime_dir / "containerd.sock"
+
+    def start(self) -> None:
+        binary = need("containerd")
+        self.socket.unlink(missing_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([binary, "--config", str(self.config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while not self._answers():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                pytest.fail(f"containerd did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        import grpc
+        from cri_api.v1 import api_pb2, api_pb2_grpc
+
+        if not self.socket.exists():
+            return False
+        with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+            try:
+                api_pb2_grpc.RuntimeServiceStub(channel).Version(api_pb2.VersionRequest(), timeout=2)
+            except grpc.RpcError:
+                return False
+        return True
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def pull(self, image: str, auth: tuple[str, str] | None = None) -> str:
+        """CRI ImageService/PullImage, as the kubelet sends it (with or without credentials)."""
+        import grpc
+        from cri_api.v1 import api_pb2, api_pb2_grpc
+
+        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
+        if auth is not None:
+            request.auth.CopyFrom(api_pb2.AuthConfig(username=auth[0], password=auth[1]))
+        with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+            try:
+                return str(api_pb2_grpc.ImageServiceStub(channel).PullImage(request, timeout=60).image_ref)
+            except grpc.RpcError as exc:
+                raise PullFailed(f"{exc.code()}: {exc.details()}") from None  # type: ignore[attr-defined]

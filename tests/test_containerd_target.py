@@ -128,6 +128,9 @@ def test_hosts_toml_with_ca_client_and_mirrors(tmp_path: Path) -> None:
         mirror["override_path"],
         mirror["ca"],
     )
+    assert ["https://mirror.internal:5000", "https://harbor.internal:8443"] == list(document["host"])
+    upstream = document["host"]["https://harbor.internal:8443"]
+    assert (["pull", "resolve", "push"], f"{directory}/ca.crt") == (upstream["capabilities"], upstream["ca"])
 
 
 def test_docker_hub_server() -> None:
@@ -147,10 +150,11 @@ def test_header_mode() -> None:
     expected = {"Authorization": f"Basic {_basic('bu', 'bp')}"}
     assert (0o600, expected, expected, []) == (
         mode,
-        document["header"],
+        document["host"]["https://basic.example"]["header"],
         document["host"]["https://m.example"]["header"],
         warnings,
     )
+    assert "header" not in document  # containerd 1.6 rejects a top-level table without [host]
 
 
 def test_header_mode_without_credential_warns() -> None:

@@ -163,9 +163,13 @@ def render_hosts_files(
 ) -> tuple[dict[str, tuple[bytes, int]], list[str]]:
     """``hosts.toml`` and the certificate files next to it, as ``{host path: (bytes, mode)}``.
 
-    The registry itself is the ``server`` (its TLS settings at the top level apply to it); each
-    mirror is a ``[host."URL"]`` entry tried first, with the same TLS settings. In ``header`` mode
-    the registry's Basic credential is sent as a static header (the file is then 0600).
+    Each mirror is a ``[host."URL"]`` entry, tried in order, then the registry itself as the last
+    ``[host]`` entry; every entry carries the TLS settings (mirrors of a private registry usually
+    share its CA). The registry is also the ``server``, with the TLS settings at the top level for
+    that fallback. containerd 1.6 cannot parse a hosts.toml with top-level settings but no
+    ``[host]`` table ("invalid `host` tree", seen on a real pull), so there always is one. In
+    ``header`` mode the registry's Basic credential is sent as a static header on every entry
+    (the file is then 0600).
     Returns the files and warnings (e.g. header mode without a usable credential).
     """
     directory = f"{root.rstrip('/')}/{settings.host}"
@@ -175,20 +179,20 @@ def render_hosts_files(
         header = _basic(credential) if credential is not None else None
         if header is None:
             warnings.append("containerd_auth = 'header' but no username/password credential for it: no header written")
+    server = DOCKER_HUB_SERVER if settings.host == DOCKER_HUB else f"https://{settings.host}"
     document = tomlkit.document()
     document.add(tomlkit.comment(MANAGED_HEADER[2:]))
-    document["server"] = DOCKER_HUB_SERVER if settings.host == DOCKER_HUB else f"https://{settings.host}"
-    _tls(document, settings, directory, header)
-    if settings.mirrors:
-        hosts = tomlkit.table(is_super_table=True)
-        for mirror in settings.mirrors:
-            entry = tomlkit.table()
-            entry["capabilities"] = list(_CAPABILITIES)
-            if settings.override_path:
-                entry["override_path"] = True
-            _tls(entry, settings, directory, header)
-            hosts[mirror] = entry
-        document["host"] = hosts
+    document["server"] = server
+    _tls(document, settings, directory, None)
+    hosts = tomlkit.table(is_super_table=True)
+    for url, capabilities in [*((m, _CAPABILITIES) for m in settings.mirrors), (server, [*_CAPABILITIES, "push"])]:
+        entry = tomlkit.table()
+        entry["capabilities"] = list(capabilities)
+        if settings.override_path and url != server:
+            entry["override_path"] = True
+        _tls(entry, settings, directory, header)
+        hosts[url] = entry
+    document["host"] = hosts
     files: dict[str, tuple[bytes, int]] = {
         f"{directory}/hosts.toml": (tomlkit.dumps(document).encode(), 0o600 if header else 0o644)
     }
