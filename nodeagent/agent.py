@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nodeagent.config import SyncSettings
+from nodeagent.containerd_restart import Restarter
 from nodeagent.credentials import EntryProblem, ParseResult, RegistryCredential, safe_key
 from nodeagent.ecr.plugin import parse_ecr_host
 from nodeagent.ecr.tokens import EcrSocketServer, StaticKeys, TokenManager
-from nodeagent.errors import NodeagentError
+from nodeagent.errors import NodeagentError, SettingsError
 from nodeagent.hostfs import HostFS
 from nodeagent.kube import KubeAPI, KubeError
 from nodeagent.observe.events import EventRecorder
@@ -29,6 +30,7 @@ from nodeagent.observe.health import HealthServer
 from nodeagent.observe.logging import Redactor, get_logger
 from nodeagent.observe.metrics import Metrics
 from nodeagent.reconcile import SyncReport, sync
+from nodeagent.registry_settings import SettingsLoad, load_registry_settings
 from nodeagent.selectors import InvalidSelector, Selector, parse_selector
 from nodeagent.sources import SourceUpdate
 from nodeagent.sources.files import DirectoryWatch, FileWatcher
@@ -111,6 +113,7 @@ class Agent:
         metrics: Metrics | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        restarter: Restarter | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -136,6 +139,14 @@ class Agent:
             if api is not None and settings.node_name and settings.events
             else None
         )
+        self._settings_path = settings.sync.registry_config
+        self._settings_stamp: tuple[int, int, int] | None = None
+        self.registry_settings: SettingsLoad | None = None
+        if self._settings_path is not None:  # a bad file fails at start (SettingsError), never later
+            self._settings_stamp = self._stamp(self._settings_path)
+            self.registry_settings = load_registry_settings(self._settings_path)
+        containerd = settings.sync.containerd
+        self.restarter = restarter or (Restarter(containerd) if containerd is not None and containerd.auth else None)
 
     # -- callbacks from source threads ---------------------------------------------------------
     def on_update(self, update: SourceUpdate) -> None:
@@ -215,6 +226,36 @@ class Agent:
             self._drift_pending = True
         self._wake.set()
 
+    @staticmethod
+    def _stamp(path: str) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)  # follows a ConfigMap volume's ..data symlink: the content's identity
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _reload_registry_settings(self) -> None:
+        """Re-read --registry-config when it changed; a bad new version keeps the last good one."""
+        if self._settings_path is None:
+            return
+        stamp = self._stamp(self._settings_path)
+        if stamp == self._settings_stamp:
+            return
+        self._settings_stamp = stamp
+        try:
+            self.registry_settings = load_registry_settings(self._settings_path)
+        except SettingsError as exc:
+            self.log.error("registry_settings_invalid", error=str(exc), consequence="the last good settings stay")
+            self._emit("RegistrySettingsInvalid", str(exc), warning=True)
+            return
+        self.log.info("registry_settings_loaded", registries=len(self.registry_settings.registries))
+
+    def _on_settings_change(self, received: float) -> None:
+        with self._lock:
+            if self._pending_since is None:
+                self._pending_since = received
+        self._wake.set()
+
     def _on_watch_start(self, label: str) -> None:
         self.metrics.watch_starts.labels(label).inc()
 
@@ -290,6 +331,12 @@ class Agent:
         self._start_sources()
         ecr_server = self._start_ecr() if self.settings.ecr else None
         drift = self._start_drift_watch()
+        settings_watch = None
+        if self._settings_path is not None:
+            settings_watch = DirectoryWatch(
+                [os.path.dirname(os.path.abspath(self._settings_path))], self._on_settings_change
+            )
+            settings_watch.start()
         next_resync = self.clock() + self.settings.resync_interval
         retry_at: float | None = None
         failures = 0
@@ -297,7 +344,8 @@ class Agent:
             while not self.stop.is_set():
                 self._status.heartbeat = self.clock()
                 now = self.clock()
-                due = min(next_resync, retry_at or next_resync)
+                restart_at = self.restarter.due_at() if self.restarter is not None else None
+                due = min(next_resync, retry_at or next_resync, restart_at or next_resync)
                 woke = self._wake.wait(timeout=max(0.0, min(5.0, due - now)))
                 self._status.heartbeat = self.clock()
                 if self.stop.is_set():
@@ -305,6 +353,8 @@ class Agent:
                 if not woke and self.clock() < due:
                     continue
                 self._wake.clear()
+                if restart_at is not None and self.clock() >= restart_at:
+                    self._restart_containerd()
                 if not all(s.reported for s in self._states.values()):
                     continue  # start-up: reconcile once from every source's current state
                 if self._pass():
@@ -318,6 +368,8 @@ class Agent:
             if ecr_server is not None:
                 ecr_server.stop()
             drift.stop()
+            if settings_watch is not None:
+                settings_watch.stop()
             for watcher in self._watchers:
                 if isinstance(watcher, FileWatcher):
                     watcher.stop()
@@ -436,10 +488,13 @@ class Agent:
             pending_since, self._pending_since = self._pending_since, None
             drift, self._drift_pending = self._drift_pending, False
         results, hold_all, held_because = self._desired()
+        self._reload_registry_settings()
         stats = self.hostfs.stats
         changes_before = stats.writes + stats.removals
         try:
-            report = sync(self.hostfs, self.settings.sync, results, hold_all=hold_all)
+            report = sync(
+                self.hostfs, self.settings.sync, results, hold_all=hold_all, registry_settings=self.registry_settings
+            )
         except NodeagentError as exc:
             with self._lock:  # the retry still repairs that drift and still ends that propagation
                 self._drift_pending = self._drift_pending or drift
@@ -467,9 +522,36 @@ class Agent:
             self._drift_repaired(done)
         self._log_report(report, held_because, latency=None if pending_since is None else done - pending_since)
         self._status.first_sync_done = True
+        if report.containerd_auth_changed and self.restarter is not None:
+            self.restarter.request()
+            self._restart_containerd()
         if wrote or self._status.annotated_revision != report.revision:
             self._annotate(report)
         return True
+
+    def _restart_containerd(self) -> None:
+        """Apply the restart policy to a pending config.toml credential change."""
+        assert self.restarter is not None
+        try:
+            outcome = self.restarter.maybe_restart()
+        except NodeagentError as exc:
+            self.metrics.containerd_restarts.labels("failure").inc()
+            self.log.error("containerd_restart_failed", error=str(exc), policy=self.restarter.settings.restart)
+            self._emit("ContainerdRestartFailed", str(exc), warning=True)
+            return
+        self.metrics.containerd_restart_pending.set(1 if self.restarter.pending else 0)
+        if outcome == "restarted":
+            self.metrics.containerd_restarts.labels("success").inc()
+            self.log.warning("containerd_restarted", policy=self.restarter.settings.restart)
+            self._emit("ContainerdRestarted", "containerd restarted to apply config.toml credentials")
+        elif outcome == "pending":
+            self.log.warning(
+                "containerd_restart_pending",
+                config=self.restarter.settings.config,
+                why="containerd reads config.toml credentials only at start (--containerd-restart none)",
+            )
+        elif outcome == "deferred":
+            self.log.info("containerd_restart_deferred", interval=self.restarter.settings.restart_interval)
 
     def _drift_repaired(self, now: float) -> None:
         self.metrics.drift_repairs.inc()

@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_doctor.add_argument(
         "--no-discover", action="store_true", help="do not look for the kubelet process; use the flags and presets"
     )
+    p_doctor.add_argument(
+        "--containerd-config",
+        default=_env("CONTAINERD_CONFIG", "") or None,
+        metavar="PATH",
+        help="containerd's config.toml (default: the running containerd's --config, else /etc/containerd/config.toml)",
+    )
     _add_provider_flags(p_doctor)
     _add_host_flags(p_doctor)
 
@@ -200,6 +206,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         facts = NodeFacts(settings.kubelet_root_dir, provider_config=config, provider_bin_dir=bin_dir)
     else:
         facts = discover(kubelet_root_dir=settings.kubelet_root_dir, provider_config=config, provider_bin_dir=bin_dir)
+    if args.containerd_config:
+        facts.containerd_config = args.containerd_config
     report = run_doctor(
         hostfs=HostFS(settings.host_root),
         facts=facts,

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from nodeagent.config import CONTAINERD_PRESETS
 from nodeagent.credentials import safe_key
 from nodeagent.ecr.plugin import API_VERSIONS, CACHE_FILE, MIN_REMAINING
 from nodeagent.errors import HostFSError, InputError, SymlinkRefused
@@ -32,6 +33,8 @@ from nodeagent.hostfs import TEMP_MARKER, HostFS
 from nodeagent.keyring import lookup
 from nodeagent.ledger import Ledger
 from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
+from nodeagent.registry_settings import DOCKER_HUB_ALIASES
+from nodeagent.targets.containerd import DEFAULT_ROOTS_V3, DROPIN_NAME, PLUGINS, is_managed
 from nodeagent.targets.kubelet import kubelet_problems
 from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE
 
@@ -41,10 +44,7 @@ SCHEMA_VERSION = 1
 Severity = Literal["ok", "info", "warning", "error"]
 KUBELET_CACHE_SECONDS = 300
 """The kubelet caches what it read from config.json for 5 minutes (CachingDockerConfigProvider)."""
-DOCKER_HUB_KEYS = {"index.docker.io", "docker.io", "registry-1.docker.io"}
-DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
-CRI_PLUGINS = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.images"}
-"""The CRI plugin that holds registry settings, by containerd config version."""
+DOCKER_HUB_KEYS = DOCKER_HUB_ALIASES
 
 
 @dataclass(frozen=True)
@@ -346,10 +346,10 @@ class _Doctor:
                     "let the agent run once, or remove files named *" + TEMP_MARKER + "*",
                 )
 
-    # -- containerd (read only: nodeagent does not manage containerd yet) -------------------------
+    # -- containerd -----------------------------------------------------------------------------
     def check_containerd(self) -> list[str]:
         """Report containerd's registry setup; return its hosts.toml roots (``config_path``)."""
-        path = self.facts.containerd_config or DEFAULT_CONTAINERD_CONFIG
+        path = self.facts.containerd_config or CONTAINERD_PRESETS["kubeadm"]
         content = self._read(path)
         if content is None:
             self.add(
@@ -372,11 +372,11 @@ class _Doctor:
             )
             return []
         version = int(document.get("version", 1))
-        plugin = CRI_PLUGINS.get(version, "cri")
+        plugin = PLUGINS.get(version, "cri")
         registry = ((document.get("plugins") or {}).get(plugin) or {}).get("registry") or {}
         roots = [r for r in str(registry.get("config_path", "")).split(":") if r]
         if not roots and version >= 3:
-            roots = ["/etc/containerd/certs.d", "/etc/docker/certs.d"]  # the containerd >= 2.2 default
+            roots = list(DEFAULT_ROOTS_V3)  # the containerd >= 2.2 default
         self.add(
             "containerd.config",
             "info",
@@ -385,6 +385,19 @@ class _Doctor:
             "" if roots else f'set [plugins."{plugin}".registry] config_path = "/etc/containerd/certs.d"',
         )
         configs = {h: c for h, c in (registry.get("configs") or {}).items() if isinstance(c, dict) and c.get("auth")}
+        changed = [path]
+        for pattern in document.get("imports") or []:
+            if isinstance(pattern, str) and pattern.endswith("/*.toml"):
+                dropin = pattern[: -len("/*.toml")] + "/" + DROPIN_NAME
+                content = self._read(dropin)
+                if content is not None and is_managed(content):
+                    changed.append(dropin)
+                    try:
+                        extra = tomllib.loads(content.decode("utf-8"))
+                    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+                        continue
+                    extra_registry = ((extra.get("plugins") or {}).get(plugin) or {}).get("registry") or {}
+                    configs.update(extra_registry.get("configs") or {})
         if configs:
             self.add(
                 "containerd.registry-auth",
@@ -394,23 +407,37 @@ class _Doctor:
                 "a change to them needs a containerd restart",
             )
         if self.facts.containerd_started is not None:
-            try:
-                mtime = os.stat(self.fs.real_path(path)).st_mtime
-            except OSError:
-                mtime = 0.0
-            if mtime > self.facts.containerd_started:
+            mtimes = {}
+            for changed_path in changed:
+                try:
+                    mtimes[changed_path] = os.stat(self.fs.real_path(changed_path)).st_mtime
+                except OSError:
+                    continue
+            newer = [p for p, mtime in mtimes.items() if mtime > self.facts.containerd_started]
+            if newer:
                 self.add(
                     "containerd.restart-pending",
                     "warning",
-                    f"{path} changed after containerd started",
+                    f"{', '.join(newer)} changed after containerd started",
                     "containerd reads config.toml only at start: the change is not in effect",
                     "restart containerd when convenient (systemctl restart containerd)",
                 )
+        managed: list[str] = []
+        own: list[str] = []
         for root in roots:
-            self._check_hosts_root(root)
+            self._check_hosts_root(root, managed, own)
+        if managed or own:
+            self.add(
+                "containerd.hosts",
+                "info",
+                f"hosts.toml managed by nodeagent: {', '.join(managed) or 'none'}; "
+                f"the node's own (never changed by nodeagent): {', '.join(own) or 'none'}",
+                "hosts.toml is re-read on every pull: changes apply without a restart",
+                "delete the first line of a managed file to keep it as the node's own",
+            )
         return roots
 
-    def _check_hosts_root(self, root: str) -> None:
+    def _check_hosts_root(self, root: str, managed: list[str], own: list[str]) -> None:
         real_root = self.fs.real_path(root)
         try:
             hosts = sorted(os.listdir(real_root))
@@ -421,6 +448,7 @@ class _Doctor:
             content = self._read(hosts_toml)
             if content is None:
                 continue
+            (managed if is_managed(content) else own).append(host)
             try:
                 document = tomllib.loads(content.decode("utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

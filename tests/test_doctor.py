@@ -465,3 +465,29 @@ def test_containerd_restart_pending(host_root: Path, tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_containerd_managed_and_own_hosts_toml(host_root: Path, tmp_path: Path) -> None:
+    """doctor tells the agent's hosts.toml (header line) from the node's own, and counts
+    credentials in the agent's conf.d drop-in (containerd 2.x) as config.toml credentials."""
+    config = host_root / "etc/containerd/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('version = 3\nimports = ["/etc/containerd/conf.d/*.toml"]\n')
+    own = host_root / "etc/containerd/certs.d/own.example/hosts.toml"
+    own.parent.mkdir(parents=True)
+    own.write_text('server = "https://own.example"\n[host."https://own.example"]\n  skip_verify = true\n')
+    settings = tmp_path / "registries.toml"
+    settings.write_text('[registries."managed.example"]\nmirrors = ["https://mirror.example"]\n')
+    source = tmp_path / "src.json"
+    source.write_text(json.dumps({"auths": {"managed.example": {"auth": b64("u:SENTINEL-doctor")}}}))
+    subprocess.run(
+        [sys.executable, "-m", "nodeagent", "sync", "--from-file", str(source), "--host-root", str(host_root),
+         "--registry-config", str(settings), "--containerd-auth"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    _, report = _doctor(host_root, "--no-discover")
+    findings = {f["id"]: f for f in report["findings"]}
+    assert "managed by nodeagent: managed.example;" in findings["containerd.hosts"]["seen"]
+    assert "own (never changed by nodeagent): own.example" in findings["containerd.hosts"]["seen"]
+    assert "mirror.example" in findings["containerd.registry-auth"]["seen"]
+    assert "SENTINEL" not in json.dumps(report)

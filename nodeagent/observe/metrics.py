@@ -39,6 +39,17 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.containerd_restart_pending = Gauge(
+            "nodeagent_containerd_restart_pending",
+            "1 while config.toml credentials changed and containerd has not been restarted by the agent",
+            registry=r,
+        )
+        self.containerd_restarts = Counter(
+            "nodeagent_containerd_restarts_total",
+            "containerd restarts the agent made, by result",
+            ["result"],
+            registry=r,
+        )
 
         self.ecr_fetched = Counter("nodeagent_ecr_tokens_fetched_total", "ECR tokens fetched", ["key"], registry=r)
         self.ecr_failures = Counter(
