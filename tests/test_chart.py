@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from nodeagent import cli
-from nodeagent.config import PROVIDER_PRESETS
+from nodeagent.config import CONTAINERD_PRESETS, PROVIDER_PRESETS
 from nodeagent.credentials import parse_secret
+from nodeagent.registry_settings import parse_registry_settings
 
 CHART = Path(__file__).resolve().parent.parent / "daemonset"
 PRESETS = ["kubeadm", "eks", "k3s", "rke2", "microk8s", "aks", "gke"]
@@ -52,6 +53,15 @@ FEATURES: dict[str, dict[str, Any]] = {
         }
     },
     "ecr-tokens-only": {"ecr": {"enabled": True, "registries": ["123456789012.dkr.ecr.eu-west-1.amazonaws.com"]}},
+    "containerd": {
+        "containerd": {
+            "enabled": True,
+            "registryConfig": '[registries."harbor.internal:8443"]\nmirrors = ["https://mirror.internal:5000"]\n',
+            "tlsSecret": "registry-tls",
+            "extraHostsDirs": ["/etc/docker/certs.d"],
+        }
+    },
+    "containerd-auth": {"containerd": {"enabled": True, "auth": True, "existingConfigMap": "my-registries"}},
 }
 
 
@@ -83,8 +93,13 @@ def host_paths(objects: list[dict[str, Any]]) -> list[str]:
 @pytest.mark.parametrize("distribution", PRESETS)
 @pytest.mark.parametrize("feature", sorted(FEATURES))
 def test_renders_lints_and_validates(distribution: str, feature: str) -> None:
-    """Every preset with every feature set lints without errors and every object is schema-valid."""
+    """Every preset with every feature set lints without errors and every object is schema-valid
+    (containerd auth on k3s/RKE2 is refused instead: they regenerate config.toml)."""
     values = {"distribution": distribution, **FEATURES[feature]}
+    if feature == "containerd-auth" and distribution in ("k3s", "rke2"):
+        with pytest.raises(helm.HelmError):
+            render(values)
+        return
     report = helm.lint(str(CHART), values, strict=False)
     assert [] == report["errors"]
     assert [] == [m for m in report["messages"] if m["severity"] >= 3]
@@ -204,7 +219,9 @@ def test_cleanup_mode_runs_cleanup() -> None:
     assert ["cleanup", "--wait"] == container(render(FEATURES["cleanup"]))["args"]
 
 
-@pytest.mark.parametrize("feature", ["defaults", "everything", "minimal-rbac", "mounted-only"])
+@pytest.mark.parametrize(
+    "feature", ["defaults", "everything", "minimal-rbac", "mounted-only", "containerd", "containerd-auth"]
+)
 def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The args and NODEAGENT_* env the chart renders are accepted by the agent's own settings loader."""
     main = container(render(FEATURES[feature]))
@@ -235,6 +252,10 @@ def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.Monk
         {"updateStrategy": {"maxUnavailable": 0}},
         {"image": {"repository": "x", "digest": "latest"}},
         {"unknownKey": 1},
+        {"containerd": {"restart": "reboot"}},
+        {"containerd": {"configPath": "etc/containerd/config.toml"}},
+        {"containerd": {"enabled": True, "restart": "signal"}},
+        {"distribution": "k3s", "containerd": {"enabled": True, "auth": True}},
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
@@ -274,3 +295,44 @@ def test_ecr_static_keys_secret_gets_read_access() -> None:
         if r["metadata"]["name"].endswith("-secrets")
     }
     assert ["aws"] == roles["kube-system"]
+
+
+@pytest.mark.parametrize("distribution", PRESETS)
+def test_containerd_paths_follow_the_distribution(distribution: str) -> None:
+    """The agent gets the distribution's containerd config, and exactly its directory is mounted."""
+    objects = render({"distribution": distribution, **FEATURES["containerd"]})
+    args = container(objects)["args"]
+    config = args[args.index("--containerd-config") + 1]
+    if distribution in CONTAINERD_PRESETS:
+        assert CONTAINERD_PRESETS[distribution] == config
+    assert {os.path.dirname(config), "/etc/docker/certs.d"} <= set(host_paths(objects))
+    assert "/etc/nodeagent/registries/registries.toml" == args[args.index("--registry-config") + 1]
+
+
+def test_containerd_registry_config_is_passed_through() -> None:
+    """registryConfig becomes the ConfigMap's registries.toml, byte for byte, which the agent parses."""
+    objects = render(FEATURES["containerd"])
+    (configmap,) = only(objects, "ConfigMap")
+    text = configmap["data"]["registries.toml"]
+    assert FEATURES["containerd"]["containerd"]["registryConfig"] == text
+    assert ["harbor.internal:8443"] == list(parse_registry_settings(text.encode(), source="chart").registries)
+    mounts = {m["mountPath"]: m for m in container(objects)["volumeMounts"]}
+    assert mounts["/etc/nodeagent/registries"]["readOnly"] and mounts["/etc/nodeagent/tls"]["readOnly"]
+    assert [] == only(render(FEATURES["containerd-auth"]), "ConfigMap")  # existingConfigMap: none made
+
+
+@pytest.mark.parametrize(("restart", "host_pid", "privileged"), [("signal", True, False), ("systemd", True, True)])
+def test_containerd_restart_privileges(restart: str, host_pid: bool, privileged: bool) -> None:
+    """Only the chosen restart policy widens the pod: signal needs hostPID, systemd also privileged."""
+    objects = render({"containerd": {"enabled": True, "auth": True, "restart": restart}})
+    (daemonset,) = only(objects, "DaemonSet")
+    security = container(objects)["securityContext"]
+    assert (host_pid, privileged) == (
+        daemonset["spec"]["template"]["spec"].get("hostPID", False),
+        security["privileged"],
+    )
+    assert security["readOnlyRootFilesystem"]
+    args = container(objects)["args"]
+    assert restart == args[args.index("--containerd-restart") + 1]
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)

@@ -103,19 +103,34 @@ def test_version(image: dict[str, Any]) -> None:
 
 
 def test_sync_into_a_mounted_host_root(image: dict[str, Any], tmp_path: Path) -> None:
-    """`nodeagent sync --once` inside the image writes the kubelet's config.json into /host."""
+    """`nodeagent sync --once` inside the image writes the kubelet's config.json and containerd's
+    hosts.toml into /host."""
     host = tmp_path / "host"
     (host / "var/lib/kubelet").mkdir(parents=True)
     (host / "src.json").write_bytes(docker_config({"registry.example.com": ("puller", "image-test-password")}))
-    result = _run(
-        image, *_entrypoint(image), "sync", "--once", "--from-file", "/host/src.json", volumes=(f"{host}:/host",)
+    (host / "etc/containerd").mkdir(parents=True)
+    (host / "etc/containerd/config.toml").write_text(
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n'
     )
+    (host / "regs.toml").write_text('[registries."registry.example.com"]\nmirrors = ["https://m.example"]\n')
+    result = _run(
+        image,
+        *_entrypoint(image), "sync", "--once", "--from-file", "/host/src.json", "--registry-config", "/host/regs.toml",
+        volumes=(f"{host}:/host",),
+    )  # fmt: skip
     assert 0 == result.returncode, result.stdout + result.stderr
+    assert (host / "etc/containerd/certs.d/registry.example.com/hosts.toml").is_file()
     config = host / "var/lib/kubelet/config.json"
     assert [("registry.example.com", "puller", "image-test-password")] == [
         (c.key, c.username, c.password) for c in parse_config_json(config.read_bytes())
     ]
     assert 0o600 == config.stat().st_mode & 0o777
+
+
+def test_nsenter_for_the_systemd_restart_policy(image: dict[str, Any]) -> None:
+    """--containerd-restart systemd runs nsenter: the image has it."""
+    result = _run(image, "nsenter", "--version")
+    assert 0 == result.returncode, result.stderr
 
 
 def test_plugin_runs_with_the_images_python(image: dict[str, Any], tmp_path: Path) -> None:

@@ -99,3 +99,21 @@ Credential-provider paths for ECR, as "binDir|configPath" (mirrors nodeagent.con
 {{- $config := .Values.ecr.providerConfig | default (index $preset 1) -}}
 {{- if and $bin $config }}{{ printf "%s|%s" $bin $config }}{{ end -}}
 {{- end }}
+
+{{/*
+containerd's config.toml by distribution (mirrors nodeagent.config.CONTAINERD_PRESETS):
+  kubeadm, eks, aks, gke, microk8s - /etc/containerd/config.toml (microk8s: its snap's args dir)
+  k3s, rke2 - /var/lib/rancher/{k3s,rke2}/agent/etc/containerd/config.toml (regenerated at start;
+              hosts.toml under certs.d there is kept, config.toml edits are not: no auth there).
+*/}}
+{{- define "nodeagent.containerdConfig" -}}
+{{- $presets := dict
+  "kubeadm" "/etc/containerd/config.toml"
+  "eks" "/etc/containerd/config.toml"
+  "aks" "/etc/containerd/config.toml"
+  "gke" "/etc/containerd/config.toml"
+  "k3s" "/var/lib/rancher/k3s/agent/etc/containerd/config.toml"
+  "rke2" "/var/lib/rancher/rke2/agent/etc/containerd/config.toml"
+  "microk8s" "/var/snap/microk8s/current/args/containerd.toml" -}}
+{{- .Values.containerd.configPath | default (get $presets .Values.distribution) }}
+{{- end }}
