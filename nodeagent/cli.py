@@ -406,6 +406,12 @@ def _cmd_cleanup(args: argparse.Namespace, log: Any) -> int:
     listen = _parse_listen(args.listen) if args.wait else None
     report = cleanup(HostFS(settings.host_root), settings)
     log.info("cleanup_done", written=report.written, removed=report.removed)
+    if report.containerd_auth_changed:
+        log.warning(
+            "containerd_restart_pending",
+            why="nodeagent's credentials were removed from containerd's config; containerd reads it only at start",
+            fix="restart containerd when convenient (systemctl restart containerd)",
+        )
     if listen is not None:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -428,7 +434,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"credentials revision {ledger.revision}")
     for path, record in sorted(ledger.files.items()):
         print(f"==> {path} (managed entries: {', '.join(sorted(record.owned)) or 'none'})")
-        sys.stdout.write(redact_document(hostfs.read(path)) or "(missing)\n")
+        sys.stdout.write(redact_document(hostfs.read(path), path=path) or "(missing)\n")
     return EXIT_OK
 
 

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import tomlkit
+import tomlkit.exceptions
+
 from nodeagent.config import SyncSettings
 from nodeagent.credentials import (
     MAX_INPUT_BYTES,
@@ -107,14 +110,42 @@ def compute_revision(credentials: Sequence[RegistryCredential]) -> str:
     return hashlib.sha256(b"nodeagent/revision/v1\0" + canonical.encode()).hexdigest()[:16]
 
 
-def redact_document(content: bytes | None, key: bytes | None = None) -> str:
-    """Render a config.json with every secret field masked, for people to read.
+_TOML_SECRETS = SECRET_FIELDS | {"authorization"}
+
+
+def _redact_toml(content: bytes, key: bytes | None) -> str:
+    try:
+        document = tomlkit.parse(content.decode("utf-8"))
+    except (UnicodeDecodeError, tomlkit.exceptions.TOMLKitError):
+        return "<unparseable content hidden>\n"
+
+    def mask(table: Any) -> None:
+        for name in list(table.keys()):
+            value = table[name]
+            if isinstance(value, dict):
+                mask(value)
+            elif str(name).lower() in _TOML_SECRETS:
+                table[name] = _mask_value(value.unwrap() if hasattr(value, "unwrap") else value, key)
+
+    mask(document)
+    return tomlkit.dumps(document)
+
+
+def redact_document(content: bytes | None, key: bytes | None = None, path: str = "") -> str:
+    """Render a host file the agent manages with every secret masked, for people to read:
+    config.json (JSON), containerd's TOML files, certificates as they are, private keys hidden.
 
     With ``key``, each secret becomes ``<redacted:xxxxxxxx>`` (an HMAC under a per-run key) so a
     diff still shows *which* secret changed without revealing anything about it.
     """
     if content is None:
         return ""
+    if path.endswith(".key"):
+        return f"<private key, {len(content)} bytes, hidden>\n"
+    if path.endswith((".crt", ".cert")):
+        return content.decode("utf-8", "replace")
+    if path.endswith((".toml", ".toml.orig")):
+        return _redact_toml(content, key)
     try:
         document = json.loads(content)
     except ValueError:
@@ -144,7 +175,7 @@ def diff_changes(changes: Sequence[FileChange]) -> str:
     for change in changes:
         if not change.changed:
             continue
-        old, new = redact_document(change.old, key), redact_document(change.new, key)
+        old, new = redact_document(change.old, key, change.path), redact_document(change.new, key, change.path)
         parts.extend(
             difflib.unified_diff(
                 old.splitlines(keepends=True),

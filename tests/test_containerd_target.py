@@ -377,6 +377,23 @@ def test_hold_all_keeps_auth(node: Path) -> None:
     assert (before, False) == ((node / "etc/containerd/config.toml").read_bytes(), report.containerd_auth_changed)
 
 
+def test_hold_keeps_the_header(node: Path) -> None:
+    """While the credential is held (source unknown, or its new entry rejected), a header-mode
+    hosts.toml keeps its header instead of losing it."""
+    fs = HostFS(node)
+    settings = _settings(node)
+    sync(fs, settings, _sources({"basic.example": ("b", "bpw")}), registry_settings=_regs(BASIC))
+    hosts = node / "etc/containerd/certs.d/basic.example/hosts.toml"
+    before = hosts.read_bytes()
+    sync(fs, settings, [], hold_all=True, registry_settings=_regs(BASIC))
+    assert before == hosts.read_bytes()
+    bad = [parse_docker_config(b'{"auths": {"basic.example": {"auth": "%%%"}}}', source="secret")]
+    sync(fs, settings, bad, registry_settings=_regs(BASIC))
+    assert before == hosts.read_bytes()
+    sync(fs, settings, [], registry_settings=_regs(BASIC))
+    assert "header" not in _parse(hosts.read_bytes())["host"]["https://basic.example"]
+
+
 def test_auth_turned_off_releases(node: Path) -> None:
     """Turning --containerd-auth off restores containerd's config (hosts.toml management stays)."""
     fs = HostFS(node)
@@ -412,3 +429,21 @@ def test_no_secret_in_problems(node: Path) -> None:
     (node / "etc/containerd/config.toml").write_text("version = [\n")
     report = sync(HostFS(node), _settings(node, auth=True), _sources({"r.example": ("u", "SENTINEL-pw")}))
     assert all("SENTINEL" not in str(p) for p in report.conflicts + report.warnings)
+
+
+def test_dry_run_and_show_mask_toml_secrets(node: Path) -> None:
+    """The dry-run diff masks config.toml auth and hosts.toml Authorization values and hides keys."""
+    from nodeagent.reconcile import diff_changes
+
+    (node / "etc/containerd/config.toml").write_text(V2.replace("node-password", "SENTINEL-node"))
+    settings = SyncSettings(host_root=str(node), dry_run=True, containerd=ContainerdSettings(auth=True))
+    report = sync(
+        HostFS(node),
+        settings,
+        _sources({"basic.example": ("b", "SENTINEL-pw"), "node.example": ("n", "SENTINEL-new")}),
+        registry_settings=_regs(BASIC),
+    )
+    diff = diff_changes(report.changes)
+    assert "hosts.toml" in diff and "config.toml" in diff and "<redacted:" in diff
+    assert "SENTINEL" not in diff and _basic("b", "SENTINEL-pw") not in diff
+    assert "username" in diff  # only secret fields are masked

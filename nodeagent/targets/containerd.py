@@ -430,6 +430,9 @@ class _Planner:
         setup: ContainerdSetup | None,
         registries: Mapping[str, RegistrySettings],
         credentials: Mapping[str, RegistryCredential],
+        *,
+        held: frozenset[str],
+        hold_all: bool,
     ) -> None:
         desired: dict[str, tuple[bytes, int, FileRecord]] = {}
         taken_over: set[str] = set()
@@ -457,6 +460,13 @@ class _Planner:
                     )
                     continue
                 files, notes = render_hosts_files(settings, root=root, credential=credentials.get(settings.host))
+                holding = hold_all or settings.host in held
+                if settings.containerd_auth == "header" and settings.host not in credentials and holding:
+                    # The credential is held (its source unknown or its new entry rejected): keep the
+                    # header the file has rather than write one without it.
+                    if current is not None:
+                        files[hosts_path] = (current, 0o600)
+                    notes = []
                 foreign = [
                     p for p, (content, _) in files.items()
                     if p not in self.ledger.files and self.read(p) not in (None, content) and p != hosts_path
@@ -614,7 +624,10 @@ def plan_containerd(
         except InvalidRegistry:
             continue
         by_namespace[containerd_namespace(credential.registry)] = credential
-    planner.hosts(setup, registries if settings is not None else {}, by_namespace)
+    held_namespaces = frozenset(containerd_namespace(r) for r in held)
+    planner.hosts(
+        setup, registries if settings is not None else {}, by_namespace, held=held_namespaces, hold_all=hold_all
+    )
     desired: dict[str, tuple[dict[str, str], str]] = {}
     if settings is not None and settings.auth:
         desired, skipped = auth_hosts(credentials, registries)
