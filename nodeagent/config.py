@@ -89,7 +89,9 @@ CONTAINERD_PRESETS: dict[str, str] = {
     "k3s": "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
     "rke2": "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
 }
-_REGENERATED = ("/var/lib/rancher/k3s/", "/var/lib/rancher/rke2/")
+_REGENERATED = ("/var/lib/rancher/k3s/", "/var/lib/rancher/rke2/", "/var/snap/microk8s/")
+"""Configs their distribution renders from a template at start: in-place credential edits would
+be lost (microk8s renders args/containerd.toml from containerd-template.toml)."""
 RESTART_POLICIES = ("none", "signal", "systemd")
 
 
@@ -116,8 +118,8 @@ class ContainerdSettings:
             raise SettingsError("--containerd-restart-interval must not be negative")
         if self.auth and self.config.startswith(_REGENERATED):
             raise SettingsError(
-                "--containerd-auth cannot work on k3s/RKE2: they regenerate config.toml at every start "
-                "(put credentials in their registries.yaml); hosts.toml settings work without it"
+                "--containerd-auth cannot work on k3s/RKE2/microk8s: they regenerate containerd's config at "
+                "every start (use their own registry configuration); hosts.toml settings work without it"
             )
 
 

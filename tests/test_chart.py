@@ -94,9 +94,9 @@ def host_paths(objects: list[dict[str, Any]]) -> list[str]:
 @pytest.mark.parametrize("feature", sorted(FEATURES))
 def test_renders_lints_and_validates(distribution: str, feature: str) -> None:
     """Every preset with every feature set lints without errors and every object is schema-valid
-    (containerd auth on k3s/RKE2 is refused instead: they regenerate config.toml)."""
+    (containerd auth on k3s/RKE2/microk8s is refused instead: they regenerate containerd's config)."""
     values = {"distribution": distribution, **FEATURES[feature]}
-    if feature == "containerd-auth" and distribution in ("k3s", "rke2"):
+    if feature == "containerd-auth" and distribution in ("k3s", "rke2", "microk8s"):
         with pytest.raises(helm.HelmError):
             render(values)
         return
