@@ -218,3 +218,26 @@ def test_cleanup_leaves_containerd_config_as_it_was(node: Node) -> None:
     node.containerd.restart()
     with pytest.raises(PullFailed, match=r"x509|certificate"):
         node.containerd.pull(node.image, auth=(node.registry.username, node.registry.password))
+
+
+def test_mirror_serves_with_the_registrys_credential(node: Node, tmp_path: Path) -> None:
+    """A mirror in the settings is tried first, and with --containerd-auth it gets the registry's
+    credential (config.toml keyed by the mirror's host): the image exists only on the mirror."""
+    mirror = Registry(
+        tmp_path / "mirror", node.registry.ca, node.registry.cert, node.registry.key,
+        free_port(node.registry.address), address=node.registry.address,
+    )  # fmt: skip
+    mirror.directory.mkdir()
+    mirror.start()
+    try:
+        mirror.push_image("team/only-on-mirror", "1", b"served by the mirror\n")
+        image = f"{node.registry.host}/team/only-on-mirror:1"
+        with pytest.raises(PullFailed):
+            node.containerd.pull(image, auth=(node.registry.username, node.registry.password))
+        node.write_secret(node.registry.password)
+        settings = node.write_settings(ca=str(node.registry.ca), mirrors=[f"https://{mirror.host}"])
+        node.sync("--registry-config", str(settings), "--containerd-auth")
+        node.containerd.restart()
+        assert node.containerd.pull(image).startswith("sha256:")
+    finally:
+        mirror.stop()
