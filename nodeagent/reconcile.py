@@ -19,9 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import tomlkit
-import tomlkit.exceptions
-
 from nodeagent.config import SyncSettings
 from nodeagent.credentials import (
     MAX_INPUT_BYTES,
@@ -114,6 +111,9 @@ _TOML_SECRETS = SECRET_FIELDS | {"authorization"}
 
 
 def _redact_toml(content: bytes, key: bytes | None) -> str:
+    import tomlkit  # imported on use, as in targets/containerd.py
+    import tomlkit.exceptions
+
     try:
         document = tomlkit.parse(content.decode("utf-8"))
     except (UnicodeDecodeError, tomlkit.exceptions.TOMLKitError):

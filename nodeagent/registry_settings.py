@@ -21,19 +21,18 @@ to the ``hosts.toml`` that uses them, so containerd never depends on the agent's
 from __future__ import annotations
 
 import time
+import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
-
-import tomlkit
-import tomlkit.exceptions
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from nodeagent.credentials import EntryProblem
 from nodeagent.errors import SettingsError
 from nodeagent.registries import InvalidRegistry, validate_registry_host
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "DOCKER_HUB",
@@ -98,6 +97,8 @@ class _Reject(ValueError):
 
 
 def _pem_certificates(data: bytes, what: str) -> list[x509.Certificate]:
+    from cryptography import x509  # imported on use (~12 MB): only registries with certificates need it
+
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -160,6 +161,8 @@ def _registry(host: str, table: Any, read_file: Callable[[str], bytes]) -> tuple
         if not isinstance(key_value, str) or not key_value.startswith("/"):
             raise _Reject("client_key must be an absolute path (a mounted Secret), never inline")
         key = _file_or_pem(key_value, "client_key", read_file)
+        from cryptography.hazmat.primitives import serialization
+
         try:
             private = serialization.load_pem_private_key(key, password=None)
         except TypeError:
@@ -208,10 +211,10 @@ def parse_registry_settings(
     """Parse a settings document. A document that is not TOML, or has no ``registries`` table of
     tables, is a :class:`SettingsError`; a bad registry is rejected alone."""
     try:
-        document = tomlkit.parse(data.decode("utf-8")).unwrap()
+        document = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise SettingsError(f"{source}: not UTF-8 text") from None
-    except tomlkit.exceptions.TOMLKitError as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{source}: not valid TOML: {exc}") from None
     unknown = sorted(set(document) - {"registries"})
     if unknown:

@@ -58,3 +58,14 @@ def test_plugin_imports_only_the_standard_library() -> None:
 
     imported = _imports(PACKAGE / "ecr" / "plugin.py")
     assert set() == {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}
+
+
+def test_agent_import_stays_light() -> None:
+    """The agent's import loads neither cryptography (~12 MB) nor tomlkit: only containerd registry
+    settings with certificates, and containerd rendering, need them (the idle RSS budget is 80 MB)."""
+    import subprocess
+    import sys
+
+    code = "import sys, nodeagent.cli, nodeagent.agent; print(sorted({'cryptography', 'tomlkit'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert "[]" == result.stdout.strip()

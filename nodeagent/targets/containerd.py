@@ -21,15 +21,13 @@ changed or removed.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import tomlkit
-import tomlkit.exceptions
-from tomlkit.items import Table
 
 from nodeagent.config import ContainerdSettings
 from nodeagent.credentials import EntryProblem, RegistryCredential
@@ -37,6 +35,9 @@ from nodeagent.errors import TargetError
 from nodeagent.ledger import FileRecord, Ledger
 from nodeagent.registries import InvalidRegistry, decode_auth, validate_registry_host
 from nodeagent.registry_settings import DOCKER_HUB, RegistrySettings, containerd_namespace
+
+if TYPE_CHECKING:
+    from tomlkit.items import Table
 
 __all__ = [
     "CONFIG_TARGET",
@@ -99,8 +100,8 @@ def detect_setup(config: str, content: bytes | None) -> ContainerdSetup:
     if content is None:
         return ContainerdSetup(config, exists=False, version=2, roots=())
     try:
-        document = tomlkit.parse(content.decode("utf-8")).unwrap()
-    except (UnicodeDecodeError, tomlkit.exceptions.TOMLKitError) as exc:
+        document = tomllib.loads(content.decode("utf-8"))  # read-only: the fast, strict stdlib parser
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise TargetError(config, f"not valid TOML ({exc}); leaving containerd alone") from None
     version = document.get("version", 1)
     if version not in PLUGINS:
@@ -146,6 +147,8 @@ def _host_of(url: str) -> str:
 
 
 def _tls(target: Table | Any, settings: RegistrySettings, directory: str, header: str | None) -> None:
+    import tomlkit  # imported where used: an agent not managing containerd never loads it (RSS)
+
     if settings.ca:
         target["ca"] = f"{directory}/ca.crt"
     if settings.client_cert:
@@ -156,6 +159,28 @@ def _tls(target: Table | Any, settings: RegistrySettings, directory: str, header
         headers = tomlkit.table()
         headers["Authorization"] = f"Basic {header}"
         target["header"] = headers
+
+
+@functools.lru_cache(maxsize=4096)
+def _hosts_toml(settings: RegistrySettings, directory: str, header: str | None) -> bytes:
+    """The hosts.toml bytes (cached: a pass re-renders every registry, and tomlkit is slow)."""
+    import tomlkit
+
+    server = DOCKER_HUB_SERVER if settings.host == DOCKER_HUB else f"https://{settings.host}"
+    document = tomlkit.document()
+    document.add(tomlkit.comment(MANAGED_HEADER[2:]))
+    document["server"] = server
+    _tls(document, settings, directory, None)
+    hosts = tomlkit.table(is_super_table=True)
+    for url, capabilities in [*((m, _CAPABILITIES) for m in settings.mirrors), (server, [*_CAPABILITIES, "push"])]:
+        entry = tomlkit.table()
+        entry["capabilities"] = list(capabilities)
+        if settings.override_path and url != server:
+            entry["override_path"] = True
+        _tls(entry, settings, directory, header)
+        hosts[url] = entry
+    document["host"] = hosts
+    return tomlkit.dumps(document).encode()
 
 
 def render_hosts_files(
@@ -179,22 +204,8 @@ def render_hosts_files(
         header = _basic(credential) if credential is not None else None
         if header is None:
             warnings.append("containerd_auth = 'header' but no username/password credential for it: no header written")
-    server = DOCKER_HUB_SERVER if settings.host == DOCKER_HUB else f"https://{settings.host}"
-    document = tomlkit.document()
-    document.add(tomlkit.comment(MANAGED_HEADER[2:]))
-    document["server"] = server
-    _tls(document, settings, directory, None)
-    hosts = tomlkit.table(is_super_table=True)
-    for url, capabilities in [*((m, _CAPABILITIES) for m in settings.mirrors), (server, [*_CAPABILITIES, "push"])]:
-        entry = tomlkit.table()
-        entry["capabilities"] = list(capabilities)
-        if settings.override_path and url != server:
-            entry["override_path"] = True
-        _tls(entry, settings, directory, header)
-        hosts[url] = entry
-    document["host"] = hosts
     files: dict[str, tuple[bytes, int]] = {
-        f"{directory}/hosts.toml": (tomlkit.dumps(document).encode(), 0o600 if header else 0o644)
+        f"{directory}/hosts.toml": (_hosts_toml(settings, directory, header), 0o600 if header else 0o644)
     }
     if settings.ca:
         files[f"{directory}/ca.crt"] = (settings.ca, 0o644)
@@ -256,6 +267,8 @@ class ConfigRender:
 
 
 def _super_table(parent: Any, key: str) -> Any:
+    import tomlkit
+
     node = parent.get(key)
     if node is None:
         node = tomlkit.table(is_super_table=True)
@@ -266,6 +279,8 @@ def _super_table(parent: Any, key: str) -> Any:
 
 
 def _auth_table(fields: Mapping[str, str]) -> Table:
+    import tomlkit
+
     table = tomlkit.table()
     for name, value in fields.items():
         table[name] = value
@@ -287,14 +302,25 @@ def render_config_auth(
     replaced is kept in the ledger and put back when the agent lets go of that host. Everything
     else in the file, comments included, is left as it is.
     """
+    import tomlkit
+
     old = record or FileRecord(CONFIG_TARGET)
-    try:
-        document = tomlkit.parse(current.decode("utf-8"))
-    except (UnicodeDecodeError, tomlkit.exceptions.TOMLKitError) as exc:
-        raise TargetError(path, f"not valid TOML ({exc}); refusing to change it") from None
     new = FileRecord(CONFIG_TARGET, backup=old.backup, digest=old.digest)
+    try:
+        view = tomllib.loads(current.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise TargetError(path, f"not valid TOML ({exc}); refusing to change it") from None
     if not desired and not old.owned:
         return ConfigRender(current, new)
+    configs_now = _table(view, "plugins", setup.plugin, "registry", "configs")
+    if set(old.owned) == set(desired) and all(
+        _table(configs_now, host, "auth") == fields for host, (fields, _) in desired.items()
+    ):
+        # Up to date: the file says exactly what the agent would write (no slow tomlkit round trip).
+        new.owned = {host: registry_name for host, (_, registry_name) in desired.items()}
+        new.originals = {h: v for h, v in old.originals.items() if h in desired}
+        return ConfigRender(current, new)
+    document = tomlkit.parse(current.decode("utf-8"))
     try:
         configs = _super_table(
             _super_table(_super_table(_super_table(document, "plugins"), setup.plugin), "registry"), "configs"
@@ -334,6 +360,8 @@ def render_dropin(
     *, setup: ContainerdSetup, desired: Mapping[str, tuple[dict[str, str], str]], path: str, current: bytes | None
 ) -> ConfigRender:
     """The agent's own conf.d drop-in (containerd 2.x merges it deeply into the main config)."""
+    import tomlkit
+
     if current is not None and not is_managed(current):
         raise TargetError(path, "a drop-in with this name exists and is not nodeagent's; refusing to overwrite it")
     if not desired:
@@ -400,8 +428,8 @@ def _existing_auth(content: bytes | None, path: str, host: str) -> dict[str, str
         return None
     try:
         setup = detect_setup(path, content)
-        document = tomlkit.parse(content.decode("utf-8")).unwrap()
-    except (TargetError, UnicodeDecodeError, tomlkit.exceptions.TOMLKitError):
+        document = tomllib.loads(content.decode("utf-8"))
+    except (TargetError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     auth = _table(document, "plugins", setup.plugin, "registry", "configs", host, "auth")
     return {str(k): str(v) for k, v in auth.items()} or None
