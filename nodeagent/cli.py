@@ -34,7 +34,7 @@ from nodeagent.config import (
     SyncSettings,
     default_host_root,
 )
-from nodeagent.containerd_restart import Restarter
+from nodeagent.containerd_restart import Restarter, find_containerd, restart_pending
 from nodeagent.credentials import EntryProblem, safe_key
 from nodeagent.ecr.plugin import parse_ecr_host
 from nodeagent.ecr.tokens import valid_key
@@ -46,6 +46,8 @@ from nodeagent.observe.health import HealthServer
 from nodeagent.observe.logging import configure_logging, get_logger
 from nodeagent.reconcile import SyncReport, cleanup, diff_changes, load_file_sources, redact_document, sync
 from nodeagent.registry_settings import load_registry_settings
+from nodeagent.targets.containerd import CONFIG_TARGET as CONTAINERD_CONFIG_TARGET
+from nodeagent.targets.containerd import HOSTS_TARGET as CONTAINERD_HOSTS_TARGET
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
 
@@ -433,8 +435,23 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"credentials revision {ledger.revision}")
     for path, record in sorted(ledger.files.items()):
-        print(f"==> {path} (managed entries: {', '.join(sorted(record.owned)) or 'none'})")
+        if record.target == CONTAINERD_HOSTS_TARGET:
+            print(f"==> {path} (nodeagent's file for registry {record.owned.get('registry', '?')})")
+        else:
+            print(f"==> {path} (managed entries: {', '.join(sorted(record.owned)) or 'none'})")
         sys.stdout.write(redact_document(hostfs.read(path), path=path) or "(missing)\n")
+        if record.target == CONTAINERD_CONFIG_TARGET:
+            try:
+                mtime: float | None = os.stat(hostfs.real_path(path)).st_mtime
+            except OSError:
+                mtime = None
+            pending = restart_pending(mtime, find_containerd(path))
+            state = {
+                True: "restart pending: containerd started before this file changed, the credentials are not in effect",
+                False: "in effect: containerd started after this file changed",
+                None: "unknown: containerd's process is not visible here",
+            }[pending]
+            print(f"containerd: {state}")
     return EXIT_OK
 
 

@@ -162,8 +162,12 @@ def test_config_toml_auth_after_restart(node: Node) -> None:
     findings = {f["id"] for f in json.loads(doctor.stdout)["findings"]}
     assert "containerd.restart-pending" in findings
     assert node.registry.password not in doctor.stdout
+    assert "containerd: restart pending" in node.agent("show").stdout
     node.containerd.restart()
     assert node.containerd.pull(node.image).startswith("sha256:")
+    show = node.agent("show").stdout
+    assert "containerd: in effect" in show
+    assert node.registry.password not in show
 
 
 def test_signal_policy_restarts_containerd(node: Node) -> None:
