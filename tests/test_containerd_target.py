@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import base64
 import os
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nodeagent.config import ContainerdSettings, SyncSettings
 from nodeagent.credentials import RegistryCredential, parse_docker_config
@@ -447,3 +450,56 @@ def test_dry_run_and_show_mask_toml_secrets(node: Path) -> None:
     assert "hosts.toml" in diff and "config.toml" in diff and "<redacted:" in diff
     assert "SENTINEL" not in diff and _basic("b", "SENTINEL-pw") not in diff
     assert "username" in diff  # only secret fields are masked
+
+
+_POOL = {
+    "a.example": '[registries."a.example"]\nskip_verify = true\n',
+    "b.example": '[registries."b.example"]\nmirrors = ["https://mirror-b.example"]\n',
+    "c.example": '[registries."c.example"]\ncontainerd_auth = "header"\n',
+    "d.example": "",  # credentials only: config.toml, no hosts.toml
+}
+_step = st.tuples(
+    st.sets(st.sampled_from(sorted(_POOL))),  # registries in this pass
+    st.booleans(),  # --containerd-auth
+    st.integers(0, 3),  # password generation
+    st.booleans(),  # someone edits config.toml after this pass
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(_step, min_size=1, max_size=4))
+def test_any_sequence_then_cleanup_gives_containerd_back(steps: list[tuple[set[str], bool, int, bool]]) -> None:
+    """Any sequence of passes (registries coming and going, auth on and off, rotations, foreign
+    edits of config.toml), then cleanup: the node's own hosts.toml is byte-identical, no file of
+    the agent's is left, and config.toml is the original (byte for byte when nobody else edited
+    it; otherwise as parsed, with the other edits kept)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "var/lib/kubelet").mkdir(parents=True)
+        (root / "etc/containerd").mkdir(parents=True)
+        config = root / "etc/containerd/config.toml"
+        config.write_text(V2)
+        own = root / "etc/containerd/certs.d/a.example/hosts.toml"
+        own_bytes = None
+        if steps[0][3]:  # sometimes the node has its own hosts.toml for a registry we configure
+            own.parent.mkdir(parents=True)
+            own_bytes = b'server = "https://a.example"\n[host."https://a.example"]\n'
+            own.write_bytes(own_bytes)
+        expected = V2
+        fs = HostFS(root)
+        for names, auth, generation, edit in steps:
+            settings = _settings(root, auth=auth)
+            regs = _regs("".join(_POOL[n] for n in sorted(names)))
+            sync(fs, settings, _sources({n: ("u", f"pw-{generation}") for n in names}), registry_settings=regs)
+            if edit:
+                config.write_text(config.read_text().replace("overlayfs", f"overlayfs-{generation}", 1))
+                expected = expected.replace("overlayfs", f"overlayfs-{generation}", 1)
+        cleanup(fs, _settings(root))
+        if expected == V2:
+            assert V2 == config.read_text()
+        assert tomllib.loads(expected) == _parse(config.read_bytes())
+        leftover = sorted(str(p.relative_to(root)) for p in (root / "etc").rglob("*") if p.is_file())
+        node_files = ["etc/containerd/certs.d/a.example/hosts.toml"] if own_bytes else []
+        assert sorted(["etc/containerd/config.toml", *node_files]) == leftover
+        if own_bytes is not None:
+            assert own_bytes == own.read_bytes()
