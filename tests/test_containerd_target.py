@@ -503,3 +503,28 @@ def test_any_sequence_then_cleanup_gives_containerd_back(steps: list[tuple[set[s
         assert sorted(["etc/containerd/config.toml", *node_files]) == leftover
         if own_bytes is not None:
             assert own_bytes == own.read_bytes()
+
+
+def test_failed_write_after_backup_keeps_the_original(node: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that dies after the backup and before config.toml (here: the write fails) leaves
+    the original in place; the next pass edits it, and cleanup restores it byte for byte."""
+    from nodeagent.errors import HostFSError
+
+    fs = HostFS(node)
+    settings = _settings(node, auth=True)
+    real_write = HostFS.write
+
+    def failing(self: HostFS, host_path: str, data: bytes, *, mode: int = 0o600) -> bool:
+        if host_path == "/etc/containerd/config.toml":
+            raise HostFSError(host_path, "injected")
+        return real_write(self, host_path, data, mode=mode)
+
+    monkeypatch.setattr(HostFS, "write", failing)
+    with pytest.raises(HostFSError):
+        sync(fs, settings, _sources({"r.example": ("u", "p")}))
+    monkeypatch.setattr(HostFS, "write", real_write)
+    assert V2 == (node / "etc/containerd/config.toml").read_text()
+    sync(HostFS(node), settings, _sources({"r.example": ("u", "p")}))
+    assert "r.example" in (node / "etc/containerd/config.toml").read_text()
+    cleanup(HostFS(node), settings)
+    assert V2 == (node / "etc/containerd/config.toml").read_text()

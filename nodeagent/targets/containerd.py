@@ -604,12 +604,14 @@ class _Planner:
             self.plan.conflicts.append(_problem("*", exc.reason, path))
             return
         new_record = render.record
-        if record is not None and record.backup and record.digest != _digest(current):
+        if record is not None and record.backup and record.digest and record.digest != _digest(current):
             # Someone changed the file since the agent's last write: the backup no longer is
             # "the file without nodeagent", so cleanup will remove exactly the agent's tables.
             self.change(record.backup, self.read(record.backup), None, 0o600)
             new_record.backup = ""
-        elif path == setup.config and render.content != current and not new_record.backup:
+        elif path == setup.config and render.content != current and not (record is not None and record.digest):
+            # Before the first in-place edit (also when a pass died between recording the backup
+            # and writing it: nothing was written yet, so the file is still the original).
             new_record.backup = self.backup_path
             self.change(self.backup_path, self.read(self.backup_path), current, 0o600)
         new_record.digest = _digest(render.content)
