@@ -526,5 +526,6 @@ def test_failed_write_after_backup_keeps_the_original(node: Path, monkeypatch: p
     assert V2 == (node / "etc/containerd/config.toml").read_text()
     sync(HostFS(node), settings, _sources({"r.example": ("u", "p")}))
     assert "r.example" in (node / "etc/containerd/config.toml").read_text()
+    assert V2.encode() == (node / "var/lib/nodeagent/containerd-config.toml.orig").read_bytes()
     cleanup(HostFS(node), settings)
     assert V2 == (node / "etc/containerd/config.toml").read_text()
