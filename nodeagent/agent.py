@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nodeagent.config import SyncSettings
-from nodeagent.containerd_restart import Restarter
+from nodeagent.containerd_restart import Restarter, find_containerd, restart_pending
 from nodeagent.credentials import EntryProblem, ParseResult, RegistryCredential, safe_key
 from nodeagent.ecr.plugin import parse_ecr_host
 from nodeagent.ecr.tokens import EcrSocketServer, StaticKeys, TokenManager
@@ -525,9 +525,27 @@ class Agent:
         if report.containerd_auth_changed and self.restarter is not None:
             self.restarter.request()
             self._restart_containerd()
+        elif self.restarter is not None and self.restarter.pending and self.restarter.settings.restart == "none":
+            self._notice_outside_restart(report)
         if wrote or self._status.annotated_revision != report.revision:
             self._annotate(report)
         return True
+
+    def _notice_outside_restart(self, report: SyncReport) -> None:
+        """With policy none, someone else restarts containerd: once the running containerd is
+        newer than the files holding the agent's credentials, nothing is pending any more."""
+        assert self.restarter is not None
+        mtimes = []
+        for path in report.containerd_auth_files:
+            try:
+                mtimes.append(os.stat(self.hostfs.real_path(path)).st_mtime)
+            except OSError:
+                continue
+        process = find_containerd(self.restarter.settings.config)
+        if mtimes and restart_pending(max(mtimes), process) is False:
+            self.restarter.pending = False
+            self.metrics.containerd_restart_pending.set(0)
+            self.log.info("containerd_restart_observed", why="containerd started after its credentials changed")
 
     def _restart_containerd(self) -> None:
         """Apply the restart policy to a pending config.toml credential change."""

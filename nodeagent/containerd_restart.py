@@ -39,6 +39,24 @@ class ContainerdProcess:
         self.pid, self.config, self.started = pid, config, started
 
 
+def process_start_time(pid: int, fallback: float) -> float:
+    """When a process started, in Unix time, to about a clock tick (10 ms).
+
+    psutil's ``create_time`` adds the start (in ticks since boot) to the boot time, which the
+    kernel gives in whole seconds, so it can be up to a second early: too coarse to tell whether
+    a config written just before a restart is in effect. ``/proc/uptime`` has centiseconds.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        with open("/proc/uptime", "rb") as handle:
+            uptime = float(handle.read().split()[0])
+        started_after_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return fallback
+    return time.time() - (uptime - started_after_boot)
+
+
 def _processes() -> Iterable[Any]:
     import psutil
 
@@ -62,7 +80,8 @@ def find_containerd(
                     flag = cmdline[i + 1]
                 elif arg.startswith("--config="):
                     flag = arg.split("=", 1)[1]
-            found.append(ContainerdProcess(proc.pid, flag, float(info.get("create_time") or 0.0)))
+            started = process_start_time(proc.pid, float(info.get("create_time") or 0.0))
+            found.append(ContainerdProcess(proc.pid, flag, started))
         except (OSError, KeyError, IndexError):
             continue
         except Exception as exc:  # psutil.Error (NoSuchProcess, AccessDenied): skip that process

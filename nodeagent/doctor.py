@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from nodeagent.config import CONTAINERD_PRESETS
+from nodeagent.containerd_restart import process_start_time
 from nodeagent.credentials import safe_key
 from nodeagent.ecr.plugin import API_VERSIONS, CACHE_FILE, MIN_REMAINING
 from nodeagent.errors import HostFSError, InputError, SymlinkRefused
@@ -130,7 +131,7 @@ def discover(*, kubelet_root_dir: str, provider_config: str | None, provider_bin
             elif "containerd" in (name, exe) and facts.containerd_pid is None:
                 facts.containerd_pid = proc.pid
                 facts.containerd_config = _flag(cmdline, "--config") or _flag(cmdline, "-c")
-                facts.containerd_started = proc.create_time()
+                facts.containerd_started = process_start_time(proc.pid, proc.create_time())
         except (psutil.Error, OSError):
             continue
     return facts

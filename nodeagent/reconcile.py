@@ -35,6 +35,7 @@ from nodeagent.errors import InputError
 from nodeagent.hostfs import HostFS
 from nodeagent.ledger import FileRecord, Ledger
 from nodeagent.registry_settings import SettingsLoad
+from nodeagent.targets.containerd import CONFIG_TARGET as CONTAINERD_CONFIG_TARGET
 from nodeagent.targets.containerd import plan_containerd
 from nodeagent.targets.kubelet import render_kubelet_config
 from nodeagent.targets.provider import (
@@ -86,6 +87,8 @@ class SyncReport:
     containerd_auth_changed: bool = False
     """config.toml (or the drop-in) credentials changed: containerd needs a restart to use them."""
     prune_dirs: list[str] = field(default_factory=list)
+    containerd_auth_files: list[str] = field(default_factory=list)
+    """The file(s) holding the agent's containerd credentials (config.toml or the drop-in)."""
 
 
 def load_file_sources(paths: Sequence[str]) -> list[ParseResult]:
@@ -306,6 +309,7 @@ def _plan_containerd(
     report.warnings += tuple(plan.warnings)
     report.prune_dirs.extend(plan.prune_dirs)
     report.containerd_auth_changed = plan.auth_changed
+    report.containerd_auth_files = [p for p, r in plan.records.items() if r.target == CONTAINERD_CONFIG_TARGET]
     return [FileChange(c.path, c.old, c.new, c.mode) for c in plan.changes]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from nodeagent.config import ContainerdSettings
-from nodeagent.containerd_restart import Restarter, RestartError, find_containerd, restart_pending
+from nodeagent.containerd_restart import Restarter, RestartError, find_containerd, process_start_time, restart_pending
 
 
 class _Proc:
@@ -123,3 +123,21 @@ def test_bad_policy_is_a_settings_error() -> None:
 
     with pytest.raises(SettingsError):
         ContainerdSettings(restart="reboot")
+
+
+def test_process_start_time_is_precise() -> None:
+    """A process's start time is known to a clock tick, not psutil's whole-second boot time:
+    it falls between the moments just before and just after the process was started."""
+    import time
+
+    before = time.time()
+    proc = subprocess.Popen(["sleep", "5"])
+    after = time.time()
+    try:
+        started = process_start_time(proc.pid, fallback=0.0)
+    finally:
+        proc.kill()
+        proc.wait()
+    tick = 0.02  # the kernel counts in clock ticks (10 ms); /proc/uptime in centiseconds
+    assert before - tick <= started <= after + tick
+    assert 123.0 == process_start_time(2**22 + 1, fallback=123.0)  # no such process: the fallback

@@ -4,6 +4,8 @@ reach hosts.toml and config.toml without restarting the agent; restart policy "n
 from __future__ import annotations
 
 import base64
+import subprocess
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +54,7 @@ def _basic(password: str) -> str:
 def test_rotation_and_settings_edits_reach_containerd(kube: FakeKube, start_agent: Start, tmp_path: Path) -> None:
     """A Secret rotation rewrites the header-mode hosts.toml and config.toml auth; editing the
     settings file adds a registry's hosts.toml; a broken edit keeps the last good settings;
-    policy "none" logs and exports "restart pending"."""
+    policy "none" logs and exports "restart pending" until containerd is seen restarted."""
     settings = tmp_path / "settings" / "registries.toml"
     settings.parent.mkdir()
     settings.write_text('[registries."basic.example"]\ncontainerd_auth = "header"\n')
@@ -60,8 +62,9 @@ def test_rotation_and_settings_edits_reach_containerd(kube: FakeKube, start_agen
         NS, NAME, data={".dockerconfigjson": dockerconfig({"basic.example": f"{SENTINEL}-1", "c.example": "x"})}
     )
     agent = start_agent(
-        "--secret", f"{NS}/{NAME}", "--registry-config", str(settings), "--containerd-auth", prepare=_prepare
-    )
+        "--secret", f"{NS}/{NAME}", "--registry-config", str(settings), "--containerd-auth", "--resync-interval", "1",
+        prepare=_prepare,
+    )  # fmt: skip
     wait_for(lambda: _header(agent) == _basic(f"{SENTINEL}-1"), "header-mode hosts.toml")
     config = agent.host_root / "etc/containerd/config.toml"
     wait_for(lambda: "c.example" in str(_toml(config)), "config.toml auth")
@@ -85,10 +88,24 @@ def test_rotation_and_settings_edits_reach_containerd(kube: FakeKube, start_agen
     wait_for(lambda: _header(agent) == _basic(f"{SENTINEL}-3"), "sync with the last good settings")
     assert mirrored.exists()
 
+    # Policy none: someone else restarts containerd; the agent notices it is no longer pending.
+    wait_for(lambda: agent.metric("nodeagent_containerd_restart_pending") == 1, "still pending")
+    binary = tmp_path / "bin" / "containerd"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\nsleep 300\n")
+    binary.chmod(0o755)
+    time.sleep(1.1)  # process start times have a resolution of one clock tick
+    fake = subprocess.Popen([str(binary), "--config", "/etc/containerd/config.toml"])
+    try:
+        wait_for(lambda: agent.metric("nodeagent_containerd_restart_pending") == 0, "restart observed")
+        assert agent.events("containerd_restart_observed")
+    finally:
+        fake.kill()
+        fake.wait()
+
 
 def test_bad_registry_config_fails_at_start(start_agent: Start, tmp_path: Path) -> None:
     """An unparseable --registry-config stops the agent at start with the usage exit code."""
-    import subprocess
     import sys
 
     bad = tmp_path / "bad.toml"
