@@ -35,7 +35,9 @@ class FileRecord:
     backup: str = ""
     """Host path of a copy of the file as it was before the agent's first in-place edit."""
     digest: str = ""
-    """SHA-256 of the bytes the agent last wrote, to tell whether anyone changed the file since."""
+    """SHA-256 of the bytes the agent last wrote, to tell whether anyone changed the file since
+    (in the ledger written before a pass's writes: the digests from before and after the pass,
+    space-separated, so a pass cut short by a crash still recognises its own file)."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {

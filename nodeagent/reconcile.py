@@ -323,6 +323,7 @@ def _intent(old: Ledger, new: Ledger) -> Ledger:
         merged.originals.update(record.originals)
         merged.created = merged.created or record.created
         merged.backup = merged.backup or record.backup
+        merged.digest = " ".join(dict.fromkeys(merged.digest.split() + record.digest.split()))
     return union
 
 

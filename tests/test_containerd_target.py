@@ -529,3 +529,31 @@ def test_failed_write_after_backup_keeps_the_original(node: Path, monkeypatch: p
     assert V2.encode() == (node / "var/lib/nodeagent/containerd-config.toml.orig").read_bytes()
     cleanup(HostFS(node), settings)
     assert V2 == (node / "etc/containerd/config.toml").read_text()
+
+
+def test_crash_after_config_write_keeps_the_original_backup(node: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first pass cut short after config.toml was written (the final ledger write fails) leaves
+    the backup as the original: the next pass recognises its own file by the digests the ledger
+    recorded before writing, and cleanup restores the original byte for byte."""
+    from nodeagent.errors import HostFSError
+
+    settings = _settings(node, auth=True)
+    real_write = HostFS.write
+    ledger_writes: list[str] = []
+
+    def failing(self: HostFS, host_path: str, data: bytes, *, mode: int = 0o600) -> bool:
+        if host_path == settings.ledger_path:
+            ledger_writes.append(host_path)
+            if len(ledger_writes) == 2:  # the final ledger, after every target file
+                raise HostFSError(host_path, "injected")
+        return real_write(self, host_path, data, mode=mode)
+
+    monkeypatch.setattr(HostFS, "write", failing)
+    with pytest.raises(HostFSError):
+        sync(HostFS(node), settings, _sources({"r.example": ("u", "p")}))
+    monkeypatch.setattr(HostFS, "write", real_write)
+    assert "r.example" in (node / "etc/containerd/config.toml").read_text()
+    sync(HostFS(node), settings, _sources({"r.example": ("u", "p2")}))
+    assert V2.encode() == (node / "var/lib/nodeagent/containerd-config.toml.orig").read_bytes()
+    cleanup(HostFS(node), settings)
+    assert V2 == (node / "etc/containerd/config.toml").read_text()

@@ -418,6 +418,12 @@ def _digest(content: bytes | None) -> str:
     return hashlib.sha256(content).hexdigest() if content is not None else ""
 
 
+def _ours(record: FileRecord, current: bytes | None) -> bool:
+    """Whether the file is as the agent last wrote it (the ledger written before a pass's writes
+    holds the digests from before and after it, so a pass cut short still counts)."""
+    return _digest(current) in record.digest.split()
+
+
 def _problem(key: str, reason: str, path: str) -> EntryProblem:
     return EntryProblem(key=key, registry=None, reason=reason, source=path)
 
@@ -568,7 +574,7 @@ class _Planner:
             pass
         elif record.created:
             new = None if is_managed(current) else current
-        elif record.backup and record.digest == _digest(current) and self.read(record.backup) is not None:
+        elif record.backup and self.read(record.backup) is not None and _ours(record, current):
             new = self.read(record.backup)
         else:
             try:
@@ -604,16 +610,20 @@ class _Planner:
             self.plan.conflicts.append(_problem("*", exc.reason, path))
             return
         new_record = render.record
-        if record is not None and record.backup and record.digest and record.digest != _digest(current):
+        backup = self.read(record.backup) if record is not None and record.backup else None
+        if record is None or (record.backup and backup is None and not _ours(record, current)):
+            # Before the first in-place edit; also when a pass died after recording the backup but
+            # before writing it (the file is then still the original).
+            if path == setup.config and render.content != current:
+                new_record.backup = self.backup_path
+                self.change(self.backup_path, self.read(self.backup_path), current, 0o600)
+        elif record.backup and backup is None:
+            new_record.backup = ""  # the copy is gone and the file is the agent's: no byte-exact restore
+        elif record.backup and backup != current and not _ours(record, current):
             # Someone changed the file since the agent's last write: the backup no longer is
             # "the file without nodeagent", so cleanup will remove exactly the agent's tables.
-            self.change(record.backup, self.read(record.backup), None, 0o600)
+            self.change(record.backup, backup, None, 0o600)
             new_record.backup = ""
-        elif path == setup.config and render.content != current and not (record is not None and record.digest):
-            # Before the first in-place edit (also when a pass died between recording the backup
-            # and writing it: nothing was written yet, so the file is still the original).
-            new_record.backup = self.backup_path
-            self.change(self.backup_path, self.read(self.backup_path), current, 0o600)
         new_record.digest = _digest(render.content)
         if render.content != current:
             self.change(path, current, render.content, mode)
