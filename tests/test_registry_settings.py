@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nodeagent.errors import SettingsError
 from nodeagent.registry_settings import load_registry_settings, parse_registry_settings
@@ -132,3 +135,53 @@ def test_warnings_for_skip_verify_and_expired_ca(tmp_path: Path) -> None:
         f'[registries."a.example"]\nca = "{ca}"\nskip_verify = true\n'.encode(), source="regs.toml"
     )
     assert (["a.example"], 2) == (list(loaded.registries), len(loaded.warnings))
+
+
+_KNOWN = {"ca", "client_cert", "client_key", "skip_verify", "mirrors", "override_path", "containerd_auth"}
+_values = st.recursive(
+    st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=40)
+    | st.sampled_from(["/etc/passwd", "../x", "https://m.example", "http://[::1]:5000", "-----BEGIN CERTIFICATE-----"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=3),
+    max_leaves=8,
+)
+_tables = st.dictionaries(
+    st.text(max_size=30) | st.sampled_from(["docker.io", "a.example:5000", "[::1]:5000", "../etc", "a/b", "*.x"]),
+    st.dictionaries(
+        st.sampled_from(
+            ["ca", "client_cert", "client_key", "skip_verify", "mirrors", "override_path", "containerd_auth"]
+        )
+        | st.text(max_size=10),
+        _values,
+        max_size=4,
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tables=_tables)
+def test_hostile_settings_never_crash(tables: dict[str, Any]) -> None:
+    """Any settings document either loads (bad registries rejected alone, with a reason) or is a
+    SettingsError; every accepted host passes the strict validator, and no file is read but
+    absolute paths the document names."""
+    import tomlkit
+
+    from nodeagent.registries import validate_registry_host
+
+    read: list[str] = []
+
+    def read_file(path: str) -> bytes:
+        read.append(path)
+        raise FileNotFoundError(2, "No such file or directory")
+
+    text = tomlkit.dumps({"registries": tables})
+    try:
+        loaded = parse_registry_settings(text.encode(), source="regs.toml", read_file=read_file)
+    except SettingsError:
+        return
+    for host in loaded.registries:
+        validate_registry_host(host)
+    assert all(p.reason for p in loaded.rejected)
+    assert all(path.startswith("/") for path in read)
