@@ -352,7 +352,7 @@ def _apply(
             hostfs.ensure_dir(change.path.rsplit("/", 1)[0] or "/")
             if hostfs.write(change.path, change.new, mode=change.mode):
                 report.written.append(change.path)
-    for directory in report.prune_dirs:
+    for directory in sorted(set(report.prune_dirs), key=lambda d: -d.count("/")):  # deepest first
         if hostfs.remove_empty_dir(directory):
             report.removed.append(directory + "/")
     if new_bytes is None:

@@ -483,6 +483,9 @@ class _Planner:
                 )
         elif setup is not None:
             root = setup.roots[0] if setup.roots else ""
+            root_created = not self.is_dir(root) or any(
+                r.owned.get("root") == "created" for r in self.ledger.files.values() if r.target == HOSTS_TARGET
+            )
             for settings in needs:
                 directory = f"{root.rstrip('/')}/{settings.host}"
                 hosts_path = f"{directory}/hosts.toml"
@@ -517,6 +520,8 @@ class _Planner:
                     owned = {"registry": settings.host}
                     if path == hosts_path and created_dir:
                         owned["dir"] = "created"
+                    if path == hosts_path and root_created:
+                        owned["root"] = "created"
                     desired[path] = (content, mode, FileRecord(HOSTS_TARGET, created=True, owned=owned))
         for path, record in self.ledger.files.items():
             if record.target != HOSTS_TARGET or path in desired:
@@ -530,6 +535,8 @@ class _Planner:
             self.plan.forget.append(path)
             if record.owned.get("dir") == "created":
                 self.plan.prune_dirs.append(directory)
+            if record.owned.get("root") == "created":
+                self.plan.prune_dirs.append(directory.rsplit("/", 1)[0])  # removed only once empty
         for path, (content, mode, record) in desired.items():
             self.change(path, self.read(path), content, mode)
             self.plan.records[path] = record
