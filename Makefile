@@ -18,9 +18,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	rm -rf $(DEMO) && mkdir -p $(DEMO)/host
 	cp -r examples/node/. $(DEMO)/host/
-	@echo "== node before: a foreign config.json with its own entries and credsStore"
+	@echo "== node before: a foreign config.json with its own entries and credsStore, containerd with its own hosts.toml"
 	$(BIN)/nodeagent sync --once --from-file examples/dockerconfigjson.json --host-root $(DEMO)/host \
-	    --log-format console; echo "exit code $$? (3 = applied, one entry rejected)"
+	    --registry-config examples/registries.toml --log-format console; \
+	    echo "exit code $$? (3 = applied, one entry rejected)"
 	@echo "== node after sync (secrets masked)"
 	$(BIN)/nodeagent show --host-root $(DEMO)/host
 	@echo "== doctor: which credentials the kubelet would use for an image, and what looks wrong"
@@ -28,11 +29,13 @@ demo: $(VENV)/.installed
 	    || echo "(doctor exit code $$?: 1 = warnings, 2 = failures)"
 	@echo "== second sync writes nothing"
 	$(BIN)/nodeagent sync --once --from-file examples/dockerconfigjson.json --host-root $(DEMO)/host \
-	    --log-format console || true
+	    --registry-config examples/registries.toml --log-format console || true
 	@echo "== cleanup restores the node's own entries"
 	$(BIN)/nodeagent cleanup --host-root $(DEMO)/host --log-format console
 	cat $(DEMO)/host/var/lib/kubelet/config.json | $(BIN)/python -c \
 	    'import json,sys; d=json.load(sys.stdin); print("auths:", sorted(d["auths"]), "credsStore:", d.get("credsStore"))'
+	@echo "== containerd: only the node's own hosts.toml directory is left"
+	ls $(DEMO)/host/etc/containerd/certs.d
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check nodeagent tests benchmarks
