@@ -113,7 +113,6 @@ class Agent:
         metrics: Metrics | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
-        restarter: Restarter | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -146,7 +145,7 @@ class Agent:
             self._settings_stamp = self._stamp(self._settings_path)
             self.registry_settings = load_registry_settings(self._settings_path)
         containerd = settings.sync.containerd
-        self.restarter = restarter or (Restarter(containerd) if containerd is not None and containerd.auth else None)
+        self.restarter = Restarter(containerd) if containerd is not None and containerd.auth else None
 
     # -- callbacks from source threads ---------------------------------------------------------
     def on_update(self, update: SourceUpdate) -> None:
@@ -553,6 +552,7 @@ class Agent:
         try:
             outcome = self.restarter.maybe_restart()
         except NodeagentError as exc:
+            self.metrics.containerd_restart_pending.set(1)
             self.metrics.containerd_restarts.labels("failure").inc()
             self.log.error("containerd_restart_failed", error=str(exc), policy=self.restarter.settings.restart)
             self._emit("ContainerdRestartFailed", str(exc), warning=True)
