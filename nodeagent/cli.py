@@ -4,7 +4,8 @@ Exit codes (also in README.md):
 
 * 0 - success: the node matches the sources;
 * 1 - failure: nothing was written (bad input as a whole, a file the kubelet would reject, a host
-  filesystem error, the lock held by another agent);
+  filesystem error, the lock held by another agent), or the files were written but the
+  ``--containerd-restart`` policy failed;
 * 2 - usage error (bad flags or settings);
 * 3 - applied, but some entries were rejected (named in the log); the rest is on the node.
 """
@@ -34,7 +35,7 @@ from nodeagent.config import (
     SyncSettings,
     default_host_root,
 )
-from nodeagent.containerd_restart import Restarter, find_containerd, restart_pending
+from nodeagent.containerd_restart import Restarter, RestartError, find_containerd, restart_pending
 from nodeagent.credentials import EntryProblem, safe_key
 from nodeagent.ecr.plugin import parse_ecr_host
 from nodeagent.ecr.tokens import valid_key
@@ -387,7 +388,12 @@ def _cmd_sync(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     elif report.containerd_auth_changed and settings.containerd is not None:
         restarter = Restarter(settings.containerd)
         restarter.request()
-        outcome = restarter.maybe_restart()
+        try:
+            outcome = restarter.maybe_restart()
+        except RestartError as exc:
+            _report(log, report)
+            log.error("containerd_restart_failed", error=str(exc), consequence="the files are written; not in effect")
+            return EXIT_FAILED
         (log.warning if outcome == "pending" else log.info)(
             "containerd_restart_" + str(outcome),
             config=settings.containerd.config,

@@ -141,3 +141,26 @@ def test_process_start_time_is_precise() -> None:
     tick = 0.02  # the kernel counts in clock ticks (10 ms); /proc/uptime in centiseconds
     assert before - tick <= started <= after + tick
     assert 123.0 == process_start_time(2**22 + 1, fallback=123.0)  # no such process: the fallback
+
+
+def test_sync_reports_a_failed_restart(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sync --containerd-restart signal` with no containerd visible writes the files, then exits 1
+    naming the restart failure."""
+    import functools
+    import json
+    from pathlib import Path
+
+    from nodeagent import cli
+
+    root = Path(tmp_path) / "host"
+    (root / "etc/containerd").mkdir(parents=True)
+    (root / "etc/containerd/config.toml").write_text("version = 2\n")
+    source = Path(tmp_path) / "src.json"
+    source.write_text(json.dumps({"auths": {"r.example": {"auth": "dTpw"}}}))
+    monkeypatch.setattr(cli, "Restarter", functools.partial(Restarter, processes=lambda: []))
+    code = cli.main(
+        ["sync", "--from-file", str(source), "--host-root", str(root), "--containerd-auth",
+         "--containerd-restart", "signal", "--log-format", "json"]
+    )  # fmt: skip
+    assert 1 == code
+    assert "r.example" in (root / "etc/containerd/config.toml").read_text()

@@ -558,3 +558,16 @@ def test_crash_after_config_write_keeps_the_original_backup(node: Path, monkeypa
     assert V2.encode() == (node / "var/lib/nodeagent/containerd-config.toml.orig").read_bytes()
     cleanup(HostFS(node), settings)
     assert V2 == (node / "etc/containerd/config.toml").read_text()
+
+
+def test_auth_only_on_a_config_without_config_path(node: Path) -> None:
+    """--containerd-auth with no registry settings on a config that reads no hosts.toml: only the
+    credentials are written (nothing about hosts.toml is needed, nothing fails)."""
+    (node / "etc/containerd/config.toml").write_text("version = 2\n")
+    report = sync(HostFS(node), _settings(node, auth=True), _sources({"r.example": ("u", "p")}))
+    assert ((), True) == (report.conflicts, report.containerd_auth_changed)
+    assert {"auth": _basic("u", "p")} == (
+        _parse((node / "etc/containerd/config.toml").read_bytes())["plugins"]["io.containerd.grpc.v1.cri"]["registry"][
+            "configs"
+        ]["r.example"]["auth"]
+    )

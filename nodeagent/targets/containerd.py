@@ -481,8 +481,8 @@ class _Planner:
                         setup.config,
                     )
                 )
-        elif setup is not None:
-            root = setup.roots[0] if setup.roots else ""
+        elif setup is not None and needs:
+            root = setup.roots[0]
             root_created = not self.is_dir(root) or any(
                 r.owned.get("root") == "created" for r in self.ledger.files.values() if r.target == HOSTS_TARGET
             )
