@@ -29,13 +29,13 @@ from nodeagent.config import CONTAINERD_PRESETS
 from nodeagent.containerd_restart import process_start_time
 from nodeagent.credentials import safe_key
 from nodeagent.ecr.plugin import API_VERSIONS, CACHE_FILE, MIN_REMAINING
-from nodeagent.errors import HostFSError, InputError, SymlinkRefused
+from nodeagent.errors import HostFSError, InputError, SymlinkRefused, TargetError
 from nodeagent.hostfs import TEMP_MARKER, HostFS
 from nodeagent.keyring import lookup
 from nodeagent.ledger import Ledger
 from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
 from nodeagent.registry_settings import DOCKER_HUB_ALIASES
-from nodeagent.targets.containerd import DEFAULT_ROOTS_V3, DROPIN_NAME, PLUGINS, is_managed
+from nodeagent.targets.containerd import detect_setup, dropin_path, is_managed
 from nodeagent.targets.kubelet import kubelet_problems
 from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE
 
@@ -372,33 +372,38 @@ class _Doctor:
                 "fix the TOML",
             )
             return []
-        version = int(document.get("version", 1))
-        plugin = PLUGINS.get(version, "cri")
-        registry = ((document.get("plugins") or {}).get(plugin) or {}).get("registry") or {}
-        roots = [r for r in str(registry.get("config_path", "")).split(":") if r]
-        if not roots and version >= 3:
-            roots = list(DEFAULT_ROOTS_V3)  # the containerd >= 2.2 default
+        try:
+            setup = detect_setup(path, content)  # the agent's own reading: version, roots, drop-in
+        except TargetError as exc:
+            self.add(
+                "containerd.config-unsupported",
+                "warning",
+                f"{path}: {exc.reason}",
+                "nodeagent manages registry settings only in version 2 and 3 configs",
+                "migrate the config with 'containerd config migrate'",
+            )
+            return []
+        plugin, roots = setup.plugin, list(setup.roots)
         self.add(
             "containerd.config",
             "info",
-            f"{path}: version {version}, plugin {plugin}, config_path {':'.join(roots) or '(not set)'}",
+            f"{path}: version {setup.version}, plugin {plugin}, config_path {':'.join(roots) or '(not set)'}",
             "" if roots else "without config_path containerd reads no hosts.toml (per-registry CA, TLS, mirrors)",
             "" if roots else f'set [plugins."{plugin}".registry] config_path = "/etc/containerd/certs.d"',
         )
+        registry = ((document.get("plugins") or {}).get(plugin) or {}).get("registry") or {}
         configs = {h: c for h, c in (registry.get("configs") or {}).items() if isinstance(c, dict) and c.get("auth")}
         changed = [path]
-        for pattern in document.get("imports") or []:
-            if isinstance(pattern, str) and pattern.endswith("/*.toml"):
-                dropin = pattern[: -len("/*.toml")] + "/" + DROPIN_NAME
-                content = self._read(dropin)
-                if content is not None and is_managed(content):
-                    changed.append(dropin)
-                    try:
-                        extra = tomllib.loads(content.decode("utf-8"))
-                    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-                        continue
-                    extra_registry = ((extra.get("plugins") or {}).get(plugin) or {}).get("registry") or {}
-                    configs.update(extra_registry.get("configs") or {})
+        dropin = dropin_path(setup)
+        dropin_content = self._read(dropin) if dropin else None
+        if dropin is not None and dropin_content is not None and is_managed(dropin_content):
+            changed.append(dropin)
+            try:
+                extra = tomllib.loads(dropin_content.decode("utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+                extra = {}
+            extra_registry = ((extra.get("plugins") or {}).get(plugin) or {}).get("registry") or {}
+            configs.update(extra_registry.get("configs") or {})
         if configs:
             self.add(
                 "containerd.registry-auth",

@@ -491,3 +491,13 @@ def test_containerd_managed_and_own_hosts_toml(host_root: Path, tmp_path: Path) 
     assert "own (never changed by nodeagent): own.example" in findings["containerd.hosts"]["seen"]
     assert "mirror.example" in findings["containerd.registry-auth"]["seen"]
     assert "SENTINEL" not in json.dumps(report)
+
+
+def test_containerd_version_1_config(host_root: Path) -> None:
+    """A version 1 config (no version key) is reported as unsupported, with the migration command."""
+    config = host_root / "etc/containerd/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[plugins.cri.registry]\n  config_path = "/etc/containerd/certs.d"\n')
+    _, report = _doctor(host_root, "--no-discover")
+    assert "containerd.config-unsupported" in _ids(report)
+    assert "containerd.config" not in _ids(report)

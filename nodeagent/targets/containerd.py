@@ -428,17 +428,18 @@ def _problem(key: str, reason: str, path: str) -> EntryProblem:
     return EntryProblem(key=key, registry=None, reason=reason, source=path)
 
 
-def _existing_auth(content: bytes | None, path: str, host: str) -> dict[str, str] | None:
-    """The auth table the file holds now for ``host`` (used to hold an entry unchanged)."""
+def _existing_auths(content: bytes | None, path: str) -> dict[str, dict[str, str]]:
+    """The auth tables a file holds now, by host (used to hold entries unchanged)."""
     if content is None:
-        return None
+        return {}
     try:
         setup = detect_setup(path, content)
         document = tomllib.loads(content.decode("utf-8"))
     except (TargetError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-    auth = _table(document, "plugins", setup.plugin, "registry", "configs", host, "auth")
-    return {str(k): str(v) for k, v in auth.items()} or None
+        return {}
+    configs = _table(document, "plugins", setup.plugin, "registry", "configs")
+    auths = {host: _table(configs, host, "auth") for host in configs}
+    return {host: {str(k): str(v) for k, v in auth.items()} for host, auth in auths.items() if auth}
 
 
 class _Planner:
@@ -451,9 +452,16 @@ class _Planner:
         ledger: Ledger,
         backup_path: str,
     ) -> None:
-        self.read, self.is_dir, self.mode_of = read, is_dir, mode_of
+        self._read, self.is_dir, self.mode_of = read, is_dir, mode_of
         self.ledger, self.backup_path = ledger, backup_path
         self.plan = ContainerdPlan()
+        self._reads: dict[str, bytes | None] = {}
+
+    def read(self, path: str) -> bytes | None:
+        """Each file is read once per plan (nothing is written while planning)."""
+        if path not in self._reads:
+            self._reads[path] = self._read(path)
+        return self._reads[path]
 
     def change(self, path: str, old: bytes | None, new: bytes | None, mode: int) -> None:
         self.plan.changes.append(PlannedFile(path, old, new, mode))
@@ -559,13 +567,14 @@ class _Planner:
                     _problem("*", "--containerd-auth needs containerd's config file; none is there", setup.config)
                 )
                 target, desired = None, {}
-        for path, record in records.items():
-            current = self.read(path)
-            for host, registry in record.owned.items():
-                if host not in desired and (hold_all or registry in held):
-                    kept = _existing_auth(current, path, host)
-                    if kept is not None and path == target:
-                        desired[host] = (kept, registry)
+        if target in records:
+            held_hosts = {
+                h: r for h, r in records[target].owned.items() if h not in desired and (hold_all or r in held)
+            }
+            existing = _existing_auths(self.read(target), target) if held_hosts else {}
+            for host, registry in held_hosts.items():
+                if host in existing:
+                    desired[host] = (existing[host], registry)
         for path, record in records.items():
             if path != target or not desired:
                 self.release(path, record)
@@ -660,7 +669,7 @@ def plan_containerd(
     setup = None
     if settings is not None:
         try:
-            setup = detect_setup(settings.config, read(settings.config))
+            setup = detect_setup(settings.config, planner.read(settings.config))
         except TargetError as exc:
             planner.plan.conflicts.append(_problem("*", exc.reason, settings.config))
             return planner.plan  # leave containerd's files as they are until its config parses
