@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nodeagent.decoding import DecodeError, has_surrogate, loads_json
 from nodeagent.errors import InputError
-from nodeagent.registries import MAX_KEY_BYTES, InvalidRegistry, decode_auth, normalise_key
+from nodeagent.registries import MAX_KEY_BYTES, InvalidRegistry, decode_auth, mask_userinfo, normalise_key
 
 __all__ = [
     "MAX_ENTRIES",
@@ -54,7 +55,7 @@ SECRET_FIELDS = frozenset({"password", "auth", "identitytoken", "registrytoken"}
 
 def safe_key(key: str, limit: int = 120) -> str:
     """A registry key as it may appear in a log line or error: escaped and bounded."""
-    text = json.dumps(key, ensure_ascii=True)[1:-1]
+    text = json.dumps(mask_userinfo(key), ensure_ascii=True)[1:-1]
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -138,12 +139,10 @@ def _decode_text(data: bytes, source: str) -> str:
 
 def _load_json(text: str, source: str) -> Any:
     try:
-        return json.loads(text)
-    except RecursionError:
-        raise InputError(source, "input is nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        # exc.msg and the position only; never the document text.
-        raise InputError(source, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        # Lone surrogates are judged per entry (_parse_entry): one bad password rejects one registry.
+        return loads_json(text, surrogates="keep")
+    except DecodeError as exc:
+        raise InputError(source, str(exc)) from None
 
 
 def _entries(document: Any, source: str, fmt: Format) -> dict[str, Any]:
@@ -181,6 +180,8 @@ def _parse_entry(key: str, value: Any, source: str) -> tuple[RegistryCredential,
             continue
         if not isinstance(item, str):
             raise ValueError(f"field '{canonical}' is not a string")
+        if has_surrogate(item):
+            raise ValueError(f"field '{canonical}' holds a lone UTF-16 surrogate (not valid Unicode text)")
         fields[canonical] = item
     auth = fields.get("auth", "")
     if auth:

@@ -20,8 +20,11 @@ import re
 
 __all__ = [
     "MAX_KEY_BYTES",
+    "NAME_MAX",
     "InvalidRegistry",
+    "check_containerd_host",
     "decode_auth",
+    "mask_userinfo",
     "normalise_key",
     "split_host_port",
     "validate_registry_host",
@@ -88,6 +91,10 @@ def _check_ip_or_labels(host: str, *, allow_glob: bool) -> None:
     if not host:
         raise InvalidRegistry("host is empty")
     if host.startswith("["):
+        if "%" in host:
+            # A zone ID names an interface of one machine: meaningless for a cluster-wide registry,
+            # and its free-form text would become a directory name and a TOML key.
+            raise InvalidRegistry("IPv6 zone IDs ('%...') are not accepted in a registry host")
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError as exc:
@@ -123,6 +130,28 @@ def validate_registry_host(value: str) -> str:
     return value
 
 
+NAME_MAX = 255
+"""Longest file name on Linux: a ``certs.d/<host[:port]>`` directory name must fit."""
+
+
+def check_containerd_host(hostport: str) -> str:
+    """Refuse a (validated) host that containerd's own files cannot carry; return it unchanged.
+
+    containerd 1.6 reads its TOML with go-toml v1, whose table-header lexer stops at the first
+    ``]`` even inside quotes ("table key cannot contain ']'"): a ``[host."http://[::1]:5000"]`` or
+    ``configs."[::1]:5000"`` table makes it ignore the hosts.toml or refuse to start. And the host
+    becomes a directory name, at most 255 bytes.
+    """
+    if "[" in hostport or "]" in hostport:
+        raise InvalidRegistry(
+            "an IPv6 host cannot be written to containerd's files (containerd 1.6's TOML parser rejects "
+            "']' in a table key); use a DNS name for it"
+        )
+    if len(hostport.encode()) > NAME_MAX:
+        raise InvalidRegistry(f"host and port are longer than {NAME_MAX} bytes, too long for a directory name")
+    return hostport
+
+
 def normalise_key(key: str) -> str:
     """Return the kubelet's keyring key for a ``config.json`` ``auths`` key.
 
@@ -139,6 +168,8 @@ def normalise_key(key: str) -> str:
         raise InvalidRegistry("registry key has a scheme other than lower-case http or https")
     hostport, slash, path = value.partition("/")
     path = slash + path
+    if "@" in hostport:
+        raise InvalidRegistry("registry key has user info (credentials in the URL); put them in the entry")
     if "?" in path or "#" in path:
         raise InvalidRegistry("registry key has a query or fragment")
     host, port = split_host_port(hostport)
@@ -153,6 +184,17 @@ def normalise_key(key: str) -> str:
     if path in ("", "/"):
         return canonical_host
     return canonical_host + path
+
+
+def mask_userinfo(key: str) -> str:
+    """A registry key with any ``user:password@`` in its authority replaced by ``***@`` (for logs)."""
+    scheme, sep, rest = key.partition("://")
+    if not sep:
+        scheme, rest = "", key
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return scheme + sep + authority + slash + path
 
 
 def _go_b64decode(field: str) -> bytes:

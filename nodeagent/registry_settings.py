@@ -7,7 +7,8 @@ One table per registry host::
     client_cert = "/etc/nodeagent/tls/client.crt"
     client_key = "/etc/nodeagent/tls/client.key"
     skip_verify = false
-    mirrors = ["https://mirror.internal:5000"]
+    mirrors = ["https://mirror.internal:5000",                        # gets no credentials
+               { url = "https://cache.internal", credentials = true }]  # gets this registry's
     override_path = false                    # mirrors' URLs carry the full API path
     containerd_auth = "config"               # "config" | "header" | "none"
 
@@ -21,15 +22,15 @@ to the ``hosts.toml`` that uses them, so containerd never depends on the agent's
 from __future__ import annotations
 
 import time
-import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from nodeagent.credentials import EntryProblem
+from nodeagent.decoding import DecodeError, loads_toml
 from nodeagent.errors import SettingsError
-from nodeagent.registries import InvalidRegistry, validate_registry_host
+from nodeagent.registries import InvalidRegistry, check_containerd_host, validate_registry_host
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -65,6 +66,9 @@ class RegistrySettings:
     client_key: bytes | None = field(default=None, repr=False)
     skip_verify: bool = False
     mirrors: tuple[str, ...] = ()
+    credential_mirrors: frozenset[str] = frozenset()
+    """Mirrors that get this registry's credential (``credentials = true``); the others get none,
+    so a password never reaches a host the settings did not name for it."""
     override_path: bool = False
     containerd_auth: ContainerdAuth = "config"
     """``config``: credentials go to config.toml when ``--containerd-auth`` is on (restart needed);
@@ -121,9 +125,21 @@ def _file_or_pem(value: Any, what: str, read_file: Callable[[str], bytes]) -> by
         raise _Reject(f"{what} file {value} cannot be read: {exc.strerror or exc}") from None
 
 
+def _mirror_entry(value: Any) -> tuple[str, bool]:
+    """A mirror as a URL string (no credentials) or ``{ url = "...", credentials = true }``."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"url", "credentials"})
+        if unknown:
+            raise _Reject(f"mirror setting(s) {', '.join(unknown)} unknown (known: credentials, url)")
+        if not isinstance(value.get("credentials", False), bool):
+            raise _Reject("a mirror's credentials must be true or false")
+        return _mirror(value.get("url")), bool(value.get("credentials", False))
+    return _mirror(value), False
+
+
 def _mirror(value: Any) -> str:
     if not isinstance(value, str):
-        raise _Reject("mirrors must be a list of URLs")
+        raise _Reject("mirrors must be a list of URLs or { url = ..., credentials = ... } tables")
     url = urllib.parse.urlsplit(value)
     if url.scheme not in ("http", "https") or not url.netloc:
         raise _Reject(f"mirror {value!r} is not an http:// or https:// URL")
@@ -131,6 +147,7 @@ def _mirror(value: Any) -> str:
         raise _Reject(f"mirror {url.scheme}://{url.hostname}: no user info, query or fragment allowed")
     try:
         validate_registry_host(url.netloc)
+        check_containerd_host(url.netloc)
     except InvalidRegistry as exc:
         raise _Reject(f"mirror host {url.netloc!r}: {exc}") from None
     if ".." in url.path.split("/") or any(ord(c) < 0x21 or ord(c) > 0x7E for c in url.path):
@@ -185,13 +202,15 @@ def _registry(host: str, table: Any, read_file: Callable[[str], bytes]) -> tuple
         raise _Reject(f"containerd_auth must be one of {', '.join(AUTH_MODES)} (got {auth!r})")
     if auth == "header" and containerd_namespace(host) == DOCKER_HUB:
         raise _Reject("containerd_auth = 'header' does not work for Docker Hub (it answers with a Bearer challenge)")
+    entries = [_mirror_entry(m) for m in mirrors]
     settings = RegistrySettings(
         host=containerd_namespace(host),
         ca=ca,
         client_cert=cert,
         client_key=key,
         skip_verify=bool(table.get("skip_verify", False)),
-        mirrors=tuple(dict.fromkeys(_mirror(m) for m in mirrors)),
+        mirrors=tuple(dict.fromkeys(url for url, _ in entries)),
+        credential_mirrors=frozenset(url for url, credentials in entries if credentials),
         override_path=bool(table.get("override_path", False)),
         containerd_auth=cast(ContainerdAuth, auth),
     )
@@ -211,11 +230,9 @@ def parse_registry_settings(
     """Parse a settings document. A document that is not TOML, or has no ``registries`` table of
     tables, is a :class:`SettingsError`; a bad registry is rejected alone."""
     try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SettingsError(f"{source}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{source}: not valid TOML: {exc}") from None
+        document = loads_toml(data)
+    except DecodeError as exc:
+        raise SettingsError(f"{source}: {exc}") from None
     unknown = sorted(set(document) - {"registries"})
     if unknown:
         raise SettingsError(f'{source}: unknown top-level key(s) {", ".join(unknown)} (expected [registries."HOST"])')
@@ -229,6 +246,7 @@ def parse_registry_settings(
         try:
             try:
                 validate_registry_host(host)
+                check_containerd_host(host)
             except InvalidRegistry as exc:
                 raise _Reject(str(exc)) from None
             settings, notes = _registry(host, table, read_file)

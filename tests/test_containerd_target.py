@@ -145,16 +145,23 @@ def test_docker_hub_server() -> None:
 
 
 def test_header_mode() -> None:
-    """header mode sends the Basic credential as a static header, and the file is then 0600."""
-    settings = RegistrySettings(host="basic.example", containerd_auth="header", mirrors=("https://m.example",))
+    """header mode sends the Basic credential as a static header to the registry and to the mirrors
+    marked credentials = true only; the file is then 0600."""
+    settings = RegistrySettings(
+        host="basic.example",
+        containerd_auth="header",
+        mirrors=("https://m.example", "https://trusted.example"),
+        credential_mirrors=frozenset({"https://trusted.example"}),
+    )
     files, warnings = render_hosts_files(settings, root="/r", credential=_cred("basic.example", "bu", "bp"))
     content, mode = files["/r/basic.example/hosts.toml"]
     document = _parse(content)
     expected = {"Authorization": f"Basic {_basic('bu', 'bp')}"}
-    assert (0o600, expected, expected, []) == (
+    assert (0o600, expected, expected, None, []) == (
         mode,
         document["host"]["https://basic.example"]["header"],
-        document["host"]["https://m.example"]["header"],
+        document["host"]["https://trusted.example"]["header"],
+        document["host"]["https://m.example"].get("header"),
         warnings,
     )
     assert "header" not in document  # containerd 1.6 rejects a top-level table without [host]
@@ -171,8 +178,9 @@ def test_header_mode_without_credential_warns() -> None:
 
 # -- which hosts get config.toml credentials ---------------------------------------------------------
 def test_auth_hosts_mapping() -> None:
-    """Docker Hub -> registry-1.docker.io; mirrors get their registry's credential unless named
-    themselves; path keys are skipped with a warning; header/none registries are left out."""
+    """Docker Hub -> registry-1.docker.io; a mirror gets its registry's credential only when marked
+    credentials = true (unless named itself); path keys and IPv6 hosts are skipped with a warning;
+    header/none registries are left out."""
     credentials = [
         _cred("https://index.docker.io/v1/", "hub", "hubpw"),
         _cred("harbor.example", "h", "hpw"),
@@ -180,10 +188,13 @@ def test_auth_hosts_mapping() -> None:
         _cred("ghcr.io/org", "g", "gpw"),
         _cred("basic.example", "b", "bpw"),
         _cred("none.example", "n", "npw"),
+        _cred("[fd00::10]:5000", "v6", "v6pw"),
     ]
     registries = {
         "harbor.example": RegistrySettings(
-            host="harbor.example", mirrors=("https://mirror.example:5000", "https://mirror-own.example")
+            host="harbor.example",
+            mirrors=("https://mirror.example:5000", "https://mirror-own.example", "https://public-cache.example"),
+            credential_mirrors=frozenset({"https://mirror.example:5000", "https://mirror-own.example"}),
         ),
         "basic.example": RegistrySettings(host="basic.example", containerd_auth="header"),
         "none.example": RegistrySettings(host="none.example", containerd_auth="none"),
@@ -195,7 +206,7 @@ def test_auth_hosts_mapping() -> None:
         "mirror.example:5000": ({"auth": _basic("h", "hpw")}, "harbor.example"),
         "mirror-own.example": ({"auth": _basic("m", "mpw")}, "mirror-own.example"),
     } == desired
-    assert ["ghcr.io/org"] == [p.key for p in skipped]
+    assert ["ghcr.io/org", "[fd00::10]:5000"] == [p.key for p in skipped]
 
 
 # -- config.toml in place ----------------------------------------------------------------------------
@@ -263,7 +274,7 @@ def _sources(entries: dict[str, tuple[str, str]]) -> list[Any]:
 
 
 BASIC = '[registries."basic.example"]\ncontainerd_auth = "header"\n'
-REGS = '[registries."harbor.example"]\nmirrors = ["https://mirror.example"]\n' + BASIC
+REGS = '[registries."harbor.example"]\nmirrors = [{ url = "https://mirror.example", credentials = true }]\n' + BASIC
 
 
 def test_sync_writes_hosts_and_auth_and_cleanup_restores_bytes(node: Path) -> None:

@@ -21,9 +21,9 @@ changed or removed.
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import hashlib
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,9 +31,10 @@ from urllib.parse import urlsplit
 
 from nodeagent.config import ContainerdSettings
 from nodeagent.credentials import EntryProblem, RegistryCredential
+from nodeagent.decoding import DecodeError, loads_toml, parse_toml_document
 from nodeagent.errors import TargetError
 from nodeagent.ledger import FileRecord, Ledger
-from nodeagent.registries import InvalidRegistry, decode_auth, validate_registry_host
+from nodeagent.registries import InvalidRegistry, check_containerd_host, decode_auth, validate_registry_host
 from nodeagent.registry_settings import DOCKER_HUB, RegistrySettings, containerd_namespace
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ __all__ = [
     "auth_hosts",
     "detect_setup",
     "dropin_path",
+    "go_toml_v1_problems",
     "is_managed",
     "plan_containerd",
     "render_config_auth",
@@ -100,9 +102,9 @@ def detect_setup(config: str, content: bytes | None) -> ContainerdSetup:
     if content is None:
         return ContainerdSetup(config, exists=False, version=2, roots=())
     try:
-        document = tomllib.loads(content.decode("utf-8"))  # read-only: the fast, strict stdlib parser
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise TargetError(config, f"not valid TOML ({exc}); leaving containerd alone") from None
+        document = loads_toml(content)  # read-only: the fast, strict stdlib parser
+    except DecodeError as exc:
+        raise TargetError(config, f"cannot be read ({exc}); leaving containerd alone") from None
     version = document.get("version", 1)
     if version not in PLUGINS:
         raise TargetError(
@@ -113,6 +115,12 @@ def detect_setup(config: str, content: bytes | None) -> ContainerdSetup:
     registry = _table(document, "plugins", PLUGINS[version], "registry")
     config_path = registry.get("config_path", "")
     roots = tuple(r for r in str(config_path).split(":") if r) if isinstance(config_path, str) else ()
+    for root in roots:
+        if not root.startswith("/") or ".." in root.split("/") or "\x00" in root:
+            raise TargetError(
+                config,
+                f"registry config_path root {root!r} is not an absolute path without '..'; leaving containerd alone",
+            )
     if not roots and version == 3 and "config_path" not in registry:
         roots = DEFAULT_ROOTS_V3
     dropin = None
@@ -122,6 +130,44 @@ def detect_setup(config: str, content: bytes | None) -> ContainerdSetup:
             dropin = pattern[: -len("/*.toml")]
             break
     return ContainerdSetup(config, exists=True, version=version, roots=roots, dropin_dir=dropin)
+
+
+def go_toml_v1_problems(text: str) -> list[str]:
+    """What containerd 1.6's TOML parser (go-toml v1) would refuse in a document tomllib accepts.
+
+    Its table-header lexer ends a header at the first ``]`` and refuses a ``[`` inside one, quoted
+    or not ("table key cannot contain ']'"); quoted keys in key/value lines and inline tables are
+    read correctly (checked with containerd's own hosts loader and ``containerd config dump``,
+    tests/test_containerd_parsers.py). A model for run time, compared with the real parser in tests.
+    """
+    from tomlkit.items import AoT, Table
+
+    problems: list[str] = []
+
+    def walk(container: Any, path: list[str]) -> None:
+        for key, item in container.body:
+            if key is None:
+                continue
+            full = [*path, key.key]
+            tables = list(item.body) if isinstance(item, AoT) else [item] if isinstance(item, Table) else []
+            for table in tables:
+                headed = isinstance(item, AoT) or not table.is_super_table()
+                if headed and any("[" in part or "]" in part for part in full):
+                    problems.append(f"table [{'.'.join(full)}] has '[' or ']' in its name")
+                walk(table.value, full)
+
+    walk(parse_toml_document(text), [])
+    return problems
+
+
+def _check_for_containerd(content: bytes, path: str, what: str) -> None:
+    """Refuse to write TOML that containerd's own parser would reject (TargetError names it)."""
+    try:
+        problems = go_toml_v1_problems(content.decode("utf-8"))
+    except DecodeError as exc:
+        raise TargetError(path, f"{what}: rendered TOML does not parse ({exc}); not written") from None
+    if problems:
+        raise TargetError(path, f"{what}: containerd 1.6 could not read it ({problems[0]}); not written")
 
 
 def is_managed(content: bytes | None) -> bool:
@@ -177,7 +223,8 @@ def _hosts_toml(settings: RegistrySettings, directory: str, header: str | None) 
         entry["capabilities"] = list(capabilities)
         if settings.override_path and url != server:
             entry["override_path"] = True
-        _tls(entry, settings, directory, header)
+        # The credential goes to the registry itself, and to a mirror only when its settings say so.
+        _tls(entry, settings, directory, header if url == server or url in settings.credential_mirrors else None)
         hosts[url] = entry
     document["host"] = hosts
     return tomlkit.dumps(document).encode()
@@ -193,8 +240,8 @@ def render_hosts_files(
     share its CA). The registry is also the ``server``, with the TLS settings at the top level for
     that fallback. containerd 1.6 cannot parse a hosts.toml with top-level settings but no
     ``[host]`` table ("invalid `host` tree", seen on a real pull), so there always is one. In
-    ``header`` mode the registry's Basic credential is sent as a static header on every entry
-    (the file is then 0600).
+    ``header`` mode the registry's Basic credential is sent as a static header on the registry's
+    entry and on the mirrors marked ``credentials = true`` (the file is then 0600).
     Returns the files and warnings (e.g. header mode without a usable credential).
     """
     directory = f"{root.rstrip('/')}/{settings.host}"
@@ -220,10 +267,12 @@ def auth_hosts(
 ) -> tuple[dict[str, tuple[dict[str, str], str]], list[EntryProblem]]:
     """The ``registry.configs."HOST".auth`` tables to write: ``{HOST: (auth fields, registry)}``.
 
-    HOST is the host containerd connects to: ``registry-1.docker.io`` for Docker Hub, and each
-    mirror's host gets its registry's credential unless the sources name that host themselves.
-    Keys with a path or a wildcard have no containerd equivalent (containerd's auth is per host)
-    and are skipped with a warning; so are registries whose settings say ``header`` or ``none``.
+    HOST is the host containerd connects to: ``registry-1.docker.io`` for Docker Hub, and a
+    mirror marked ``credentials = true`` gets its registry's credential unless the sources name
+    that host themselves (other mirrors get none). Keys with a path or a wildcard have no
+    containerd equivalent (containerd's auth is per host) and are skipped with a warning, as are
+    IPv6 hosts (containerd 1.6 cannot read them as table keys); registries whose settings say
+    ``header`` or ``none`` are left out.
     """
     explicit: dict[str, tuple[dict[str, str], str]] = {}
     via_mirror: dict[str, tuple[dict[str, str], str]] = {}
@@ -242,6 +291,13 @@ def auth_hosts(
                 )
             )
             continue
+        try:
+            check_containerd_host(registry)
+        except InvalidRegistry as exc:
+            skipped.append(
+                EntryProblem(credential.key, registry, f"{exc}: not written to config.toml", credential.source)
+            )
+            continue
         namespace = containerd_namespace(registry)
         settings = registry_settings.get(namespace)
         if settings is not None and settings.containerd_auth != "config":
@@ -256,7 +312,8 @@ def auth_hosts(
         host = "registry-1.docker.io" if namespace == DOCKER_HUB else namespace
         explicit[host] = (fields, namespace)
         for mirror in settings.mirrors if settings is not None else ():
-            via_mirror.setdefault(_host_of(mirror), (fields, namespace))
+            if settings is not None and mirror in settings.credential_mirrors:
+                via_mirror.setdefault(_host_of(mirror), (fields, namespace))
     return {**via_mirror, **explicit}, skipped
 
 
@@ -288,6 +345,38 @@ def _auth_table(fields: Mapping[str, str]) -> Table:
     return table
 
 
+def _prune(value: Any) -> Any:
+    """A parsed document without empty tables (tomlkit drops an empty super table on output)."""
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v != {} or not isinstance(value[k], dict)}
+    return value
+
+
+def _intended(
+    view: dict[str, Any],
+    plugin: str,
+    desired: Mapping[str, tuple[dict[str, str], str]],
+    old: FileRecord,
+) -> dict[str, Any]:
+    """What the edited file must parse to: the current document with exactly the agent's auth
+    tables changed. Checked against the rendered bytes, so a layout tomlkit edits wrongly (dotted
+    keys, inline tables) is refused instead of written."""
+    document = copy.deepcopy(view)
+    node = document
+    for key in ("plugins", plugin, "registry", "configs"):
+        node = node.setdefault(key, {})
+    for host in old.owned:
+        if host in desired or not isinstance(node.get(host), dict):
+            continue
+        node[host].pop("auth", None)
+        if host in old.originals:
+            node[host]["auth"] = dict(old.originals[host])
+    for host, (fields, _) in desired.items():
+        node.setdefault(host, {})["auth"] = dict(fields)
+    return dict(_prune(document))
+
+
 def render_config_auth(
     *,
     current: bytes,
@@ -300,16 +389,17 @@ def render_config_auth(
 
     Tables the agent wrote before and no longer wants are removed; a foreign table the agent
     replaced is kept in the ledger and put back when the agent lets go of that host. Everything
-    else in the file, comments included, is left as it is.
+    else in the file, comments included, is left as it is. The result is parsed again and must
+    equal the intended document, and pass containerd's parser rules, or nothing is written.
     """
     import tomlkit
 
     old = record or FileRecord(CONFIG_TARGET)
     new = FileRecord(CONFIG_TARGET, backup=old.backup, digest=old.digest)
     try:
-        view = tomllib.loads(current.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise TargetError(path, f"not valid TOML ({exc}); refusing to change it") from None
+        view = loads_toml(current)
+    except DecodeError as exc:
+        raise TargetError(path, f"cannot be read ({exc}); refusing to change it") from None
     if not desired and not old.owned:
         return ConfigRender(current, new)
     configs_now = _table(view, "plugins", setup.plugin, "registry", "configs")
@@ -320,13 +410,54 @@ def render_config_auth(
         new.owned = {host: registry_name for host, (_, registry_name) in desired.items()}
         new.originals = {h: v for h, v in old.originals.items() if h in desired}
         return ConfigRender(current, new)
-    document = tomlkit.parse(current.decode("utf-8"))
+    try:
+        document = parse_toml_document(current)
+    except DecodeError as exc:
+        raise TargetError(path, f"cannot be edited ({exc}); refusing to change it") from None
+    try:
+        _edit_configs(document, setup=setup, desired=desired, old=old, new=new, path=path)
+        content = tomlkit.dumps(document).encode()
+    except TargetError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # tomlkit on an odd layout
+        raise TargetError(path, _LAYOUT_REFUSAL.format(type(exc).__name__)) from None
+    try:
+        rendered = loads_toml(content)
+    except DecodeError:
+        rendered = None
+    if rendered is None or _prune(rendered) != _intended(view, setup.plugin, desired, old):
+        raise TargetError(path, _LAYOUT_REFUSAL.format("the edit did not come out as intended"))
+    _check_for_containerd(content, path, "config.toml")
+    return ConfigRender(content, new)
+
+
+_LAYOUT_REFUSAL = (
+    "registry.configs is written in a layout nodeagent cannot edit safely ({}): dotted keys or inline "
+    'tables; write it as [plugins."...".registry.configs."HOST".auth] tables, or use a conf.d drop-in. '
+    "The file is left as it is"
+)
+
+
+def _edit_configs(
+    document: Any,
+    *,
+    setup: ContainerdSetup,
+    desired: Mapping[str, tuple[dict[str, str], str]],
+    old: FileRecord,
+    new: FileRecord,
+    path: str,
+) -> None:
+    import tomlkit
+    from tomlkit.items import InlineTable
+
     try:
         configs = _super_table(
             _super_table(_super_table(_super_table(document, "plugins"), setup.plugin), "registry"), "configs"
         )
     except ValueError as exc:
         raise TargetError(path, f"'{exc}' is not a table; refusing to change the file") from None
+    if isinstance(configs, InlineTable):
+        raise ValueError("inline table")
     for host in old.owned:
         if host in desired:
             continue
@@ -353,7 +484,6 @@ def render_config_auth(
         new.owned[host] = registry_name
     if not configs:
         del document["plugins"][setup.plugin]["registry"]["configs"]
-    return ConfigRender(tomlkit.dumps(document).encode(), new)
 
 
 def render_dropin(
@@ -382,7 +512,9 @@ def render_dropin(
     plugins[setup.plugin] = plugin
     document["plugins"] = plugins
     owned = {host: registry_name for host, (_, registry_name) in desired.items()}
-    return ConfigRender(tomlkit.dumps(document).encode(), FileRecord(CONFIG_TARGET, created=True, owned=owned))
+    content = tomlkit.dumps(document).encode()
+    _check_for_containerd(content, path, "drop-in")
+    return ConfigRender(content, FileRecord(CONFIG_TARGET, created=True, owned=owned))
 
 
 def dropin_path(setup: ContainerdSetup) -> str | None:
@@ -434,8 +566,8 @@ def _existing_auths(content: bytes | None, path: str) -> dict[str, dict[str, str
         return {}
     try:
         setup = detect_setup(path, content)
-        document = tomllib.loads(content.decode("utf-8"))
-    except (TargetError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        document = loads_toml(content)
+    except (TargetError, DecodeError):
         return {}
     configs = _table(document, "plugins", setup.plugin, "registry", "configs")
     auths = {host: _table(configs, host, "auth") for host in configs}
@@ -505,6 +637,11 @@ class _Planner:
                     )
                     continue
                 files, notes = render_hosts_files(settings, root=root, credential=credentials.get(settings.host))
+                try:
+                    _check_for_containerd(files[hosts_path][0], hosts_path, f"hosts.toml for {settings.host}")
+                except TargetError as exc:
+                    self.plan.conflicts.append(_problem(settings.host, exc.reason, hosts_path))
+                    continue
                 holding = hold_all or settings.host in held
                 if settings.containerd_auth == "header" and settings.host not in credentials and holding:
                     # The credential is held (its source unknown or its new entry rejected): keep the

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nodeagent.credentials import RegistryCredential, safe_key
+from nodeagent.decoding import DecodeError, loads_json
 from nodeagent.errors import TargetError
 from nodeagent.ledger import FileRecord
 from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
@@ -112,10 +113,11 @@ def render_kubelet_config(
         document = {}
     else:
         try:
-            loaded = json.loads(current.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
+            # A lone surrogate in the node's own entries is read as U+FFFD, as the kubelet (Go) reads it.
+            loaded = loads_json(current, surrogates="replace")
+        except DecodeError as exc:
             raise TargetError(
-                path, "the existing file is not valid JSON; refusing to overwrite it (fix or remove it)"
+                path, f"the existing file cannot be used ({exc}); refusing to overwrite it (fix or remove it)"
             ) from None
         if not isinstance(loaded, dict):
             raise TargetError(path, "the existing file is not a JSON object; refusing to overwrite it")
