@@ -265,7 +265,15 @@ class Agent:
 
     # -- health --------------------------------------------------------------------------------
     def alive(self) -> bool:
-        return self.clock() - self._status.heartbeat < 60
+        """The loop ticks and every watcher thread runs: a dead watcher means rotation silently
+        stopped, so the kubelet must restart the pod (the liveness probe reads this)."""
+        return self.clock() - self._status.heartbeat < 60 and not self.dead_watchers()
+
+    def dead_watchers(self) -> list[str]:
+        """Labels of source watchers whose thread has ended while the agent runs."""
+        if self.stop.is_set():
+            return []
+        return [w.label for w in self._watchers if not (w.watching if isinstance(w, FileWatcher) else w.is_alive())]
 
     def ready(self) -> tuple[bool, str]:
         if not self._status.first_sync_done:
@@ -356,7 +364,7 @@ class Agent:
                     self._restart_containerd()
                 if not all(s.reported for s in self._states.values()):
                     continue  # start-up: reconcile once from every source's current state
-                if self._pass():
+                if self._guarded_pass():
                     failures, retry_at = 0, None
                 else:
                     failures += 1
@@ -481,6 +489,16 @@ class Agent:
         if ecr is not None:
             results.append(ecr)
         return results, hold_all, held_because
+
+    def _guarded_pass(self) -> bool:
+        """One pass; an exception no layer anticipated fails this pass (retried), never the agent."""
+        try:
+            return self._pass()
+        except Exception as exc:
+            self.metrics.syncs.labels("failure").inc()
+            self.log.error("sync_crashed", error_type=type(exc).__name__)
+            self._emit("CredentialsSyncFailed", f"internal error ({type(exc).__name__}); retrying", warning=True)
+            return False
 
     def _pass(self) -> bool:
         with self._lock:

@@ -158,6 +158,11 @@ class SyncSettings:
         return str(PurePosixPath(self.state_dir) / "state.json")
 
     @property
+    def provider_backup(self) -> str:
+        """Where a node's own CredentialProviderConfig is kept before the agent first merges into it."""
+        return str(PurePosixPath(self.state_dir) / "provider-config.orig")
+
+    @property
     def containerd_backup(self) -> str:
         """Where the original containerd config is kept before the agent's first in-place edit."""
         return str(PurePosixPath(self.state_dir) / "containerd-config.toml.orig")

@@ -3,6 +3,9 @@
 Rules (design.md, "Rules for host writes"):
 
 * every path lives under the host root; host paths are absolute and never contain ``..``;
+* every directory below the host root is opened relative to its verified parent descriptor with
+  ``O_NOFOLLOW | O_DIRECTORY`` (``openat``), never re-resolved by path, so a directory swapped for
+  a symlink mid-pass (``renameat2(RENAME_EXCHANGE)``) is refused, not followed;
 * the final component is opened relative to its directory with ``O_NOFOLLOW`` and checked with
   ``lstat``: a symlink is refused, never followed;
 * a write goes to a temp file created 0600 with ``O_EXCL`` in the target's directory, is
@@ -75,14 +78,54 @@ class HostFS:
             raise HostFSError(host_path, "path names a directory, not a file")
         return parent, name
 
+    def _components(self, real_dir: str) -> list[str]:
+        relative = os.path.relpath(real_dir, self.root)
+        return [] if relative == "." else relative.split(os.sep)
+
+    def _open_dir(self, host_path: str, real_dir: str, *, create: int | None = None) -> tuple[int, list[str]]:
+        """Open a directory under the root one component at a time, each relative to its parent's
+        descriptor with O_NOFOLLOW|O_DIRECTORY; with ``create`` (a mode), make missing ones.
+
+        Returns the descriptor and the host paths of the directories this call created.
+        FileNotFoundError when a component is missing and ``create`` is None.
+        """
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        try:
+            fd = os.open(self.root, flags)  # the host root itself is the agent's mount: trusted
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot open the host root: {_describe(exc)}") from exc
+        created: list[str] = []
+        walked = ""
+        try:
+            for part in self._components(real_dir):
+                walked += "/" + part
+                if create is not None:
+                    try:
+                        os.mkdir(part, create, dir_fd=fd)
+                        created.append(walked)
+                    except FileExistsError:
+                        pass
+                try:
+                    child = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:
+                        raise
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        st = os.lstat(part, dir_fd=fd)
+                        if stat.S_ISLNK(st.st_mode):
+                            raise SymlinkRefused(walked, "directory is a symlink; refusing to follow it") from exc
+                        raise NotARegularFile(walked, "is not a directory") from exc
+                    raise HostFSError(walked, f"cannot open directory: {_describe(exc)}") from exc
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, created
+
     @contextlib.contextmanager
     def _dirfd(self, host_path: str, parent: str) -> Iterator[int]:
-        try:
-            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise HostFSError(host_path, f"cannot open directory: {_describe(exc)}") from exc
+        fd, _ = self._open_dir(host_path, parent)
         try:
             yield fd
         finally:
@@ -147,46 +190,52 @@ class HostFS:
 
     def remove_empty_dir(self, host_path: str) -> bool:
         """Remove a directory only if it is empty (and not a symlink); False when it is not removed."""
-        real = self.real_path(host_path)
         try:
-            if not stat.S_ISDIR(os.lstat(real).st_mode):
-                return False
-            os.rmdir(real)
-        except OSError:
+            parent, name = self._split(host_path.rstrip("/"))
+            with self._dirfd(host_path, parent) as dirfd:
+                if not stat.S_ISDIR(os.lstat(name, dir_fd=dirfd).st_mode):
+                    return False
+                os.rmdir(name, dir_fd=dirfd)
+        except (OSError, HostFSError):
             return False
         return True
 
     def is_dir(self, host_path: str) -> bool:
-        """Whether a real directory (not a symlink to one) stands at the path."""
+        """Whether a real directory (not a symlink to one, nor under one) stands at the path."""
         try:
-            return stat.S_ISDIR(os.lstat(self.real_path(host_path)).st_mode)
-        except OSError:
+            fd, _ = self._open_dir(host_path, self.real_path(host_path))
+        except (OSError, HostFSError):
             return False
+        os.close(fd)
+        return True
 
     def ensure_dir(self, host_path: str, mode: int = 0o755, *, private: bool = False) -> None:
         """Create a directory (and parents) if missing; a symlink or file in its place is refused.
 
-        ``private`` directories (the agent's own state and socket dirs) are also brought to ``mode``
-        when they exist with a wider one (a hostPath volume creates them 0755).
+        ``private`` directories (the agent's own state and socket dirs) are brought to ``mode`` when
+        the agent created them, or when they exist empty with a wider mode (a hostPath volume
+        creates them 0755). An existing directory with content is never tightened: pointed at
+        ``/etc`` or ``/run``, the agent must not make it 0700.
         """
-        real = self.real_path(host_path)
         try:
-            os.makedirs(real, mode=mode, exist_ok=True)
-            st = os.lstat(real)
+            fd, created = self._open_dir(host_path, self.real_path(host_path), create=mode)
+        except FileNotFoundError as exc:
+            raise HostFSError(host_path, "cannot create directory: a parent vanished") from exc
+        except HostFSError:
+            raise
         except OSError as exc:
             raise HostFSError(host_path, f"cannot create directory: {_describe(exc)}") from exc
-        if stat.S_ISLNK(st.st_mode):
-            raise SymlinkRefused(host_path, "directory is a symlink; refusing to follow it")
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotARegularFile(host_path, "is not a directory")
-        if private and stat.S_IMODE(st.st_mode) != mode:
-            try:
-                try:
-                    os.chmod(real, mode, follow_symlinks=False)
-                except NotImplementedError:  # no lchmod: it was a directory an instant ago (lstat above)
-                    os.chmod(real, mode)
-            except OSError as exc:
-                raise HostFSError(host_path, f"cannot restrict the directory to {mode:o}: {_describe(exc)}") from exc
+        try:
+            if not private:
+                return
+            st = os.fstat(fd)
+            mine = bool(created) and created[-1] == "/" + "/".join(self._components(self.real_path(host_path)))
+            if stat.S_IMODE(st.st_mode) != mode and (mine or not os.listdir(fd)):
+                os.fchmod(fd, mode)
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot restrict the directory to {mode:o}: {_describe(exc)}") from exc
+        finally:
+            os.close(fd)
 
     def write(self, host_path: str, data: bytes, *, mode: int = 0o600) -> bool:
         """Atomically replace the file with ``data``; return False when nothing had to change."""
@@ -293,20 +342,26 @@ class HostFS:
     def leftover_temp_files(self, host_dir: str) -> list[str]:
         """Temp files present in a host directory (for doctor and tests)."""
         try:
-            names = os.listdir(self.real_path(host_dir))
+            fd, _ = self._open_dir(host_dir, self.real_path(host_dir))
+        except (OSError, HostFSError):
+            return []
+        try:
+            names = os.listdir(fd)
         except OSError:
             return []
+        finally:
+            os.close(fd)
         return sorted(n for n in names if TEMP_MARKER in n)
 
     @contextlib.contextmanager
     def lock(self, host_dir: str, *, timeout: float = 30.0) -> Iterator[None]:
         """Hold an exclusive ``flock`` on ``<host_dir>/lock`` for the duration of the block."""
         self.ensure_dir(host_dir, mode=0o700, private=True)
-        path = self.real_path(host_dir.rstrip("/") + "/lock")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise HostFSError(host_dir, f"cannot open the lock file: {_describe(exc)}") from exc
+        with self._dirfd(host_dir, self.real_path(host_dir)) as dirfd:
+            try:
+                fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+            except OSError as exc:
+                raise HostFSError(host_dir, f"cannot open the lock file: {_describe(exc)}") from exc
         try:
             deadline = time.monotonic() + timeout
             while True:

@@ -30,8 +30,9 @@ from nodeagent.credentials import (
     merge_credentials,
     parse_docker_config,
 )
+from nodeagent.decoding import DecodeError, loads_json, loads_yaml, parse_toml_document
 from nodeagent.ecr.plugin import CACHE_FILE as ECR_CACHE_FILE
-from nodeagent.errors import InputError
+from nodeagent.errors import HostFSError, InputError
 from nodeagent.hostfs import HostFS
 from nodeagent.ledger import FileRecord, Ledger
 from nodeagent.registry_settings import SettingsLoad
@@ -110,33 +111,58 @@ def compute_revision(credentials: Sequence[RegistryCredential]) -> str:
     return hashlib.sha256(b"nodeagent/revision/v1\0" + canonical.encode()).hexdigest()[:16]
 
 
-_TOML_SECRETS = SECRET_FIELDS | {"authorization"}
+_SECRET_NAMES = SECRET_FIELDS | {"authorization"}
+_HEADER_TABLES = frozenset({"httpheaders", "header", "headers"})
+"""Tables whose every value is secret: config.json's ``HttpHeaders``, hosts.toml's ``header``."""
+
+
+def _masking(name: str, inherited: str) -> str:
+    """How a value under ``name`` is shown: ``all`` masked, ``env`` (a provider's env list: each
+    ``value`` masked, names shown) or ``none``."""
+    lowered = name.lower()
+    if inherited == "all" or lowered in _SECRET_NAMES or lowered in _HEADER_TABLES:
+        return "all"
+    if lowered == "env":
+        return "env"
+    if inherited == "env" and lowered == "value":
+        return "all"
+    return "env" if inherited == "env" else "none"
+
+
+def _mask_tree(value: Any, key: bytes | None, mode: str = "none") -> Any:
+    if isinstance(value, dict):
+        return {k: _mask_tree(v, key, _masking(str(k), mode)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_tree(v, key, mode) for v in value]
+    return _mask_value(value, key) if mode == "all" else value
 
 
 def _redact_toml(content: bytes, key: bytes | None) -> str:
     import tomlkit  # imported on use, as in targets/containerd.py
-    import tomlkit.exceptions
 
     try:
-        document = tomlkit.parse(content.decode("utf-8"))
-    except (UnicodeDecodeError, tomlkit.exceptions.TOMLKitError):
+        document = parse_toml_document(content)
+    except DecodeError:
         return "<unparseable content hidden>\n"
 
-    def mask(table: Any) -> None:
+    def mask(table: Any, mode: str) -> None:
         for name in list(table.keys()):
             value = table[name]
+            inner = _masking(str(name), mode)
             if isinstance(value, dict):
-                mask(value)
-            elif str(name).lower() in _TOML_SECRETS:
-                table[name] = _mask_value(value.unwrap() if hasattr(value, "unwrap") else value, key)
+                mask(value, inner)
+            elif inner == "all":
+                table[name] = _mask_tree(value.unwrap() if hasattr(value, "unwrap") else value, key, "all")
 
-    mask(document)
+    mask(document, "none")
     return tomlkit.dumps(document)
 
 
 def redact_document(content: bytes | None, key: bytes | None = None, path: str = "") -> str:
     """Render a host file the agent manages with every secret masked, for people to read:
-    config.json (JSON), containerd's TOML files, certificates as they are, private keys hidden.
+    config.json (JSON), containerd's TOML files, the provider config (JSON or YAML, ``env``
+    values masked), certificates as they are, private keys hidden. Secret fields, and every
+    value under a header table (``HttpHeaders``, hosts.toml's ``header``), are masked.
 
     With ``key``, each secret becomes ``<redacted:xxxxxxxx>`` (an HMAC under a per-run key) so a
     diff still shows *which* secret changed without revealing anything about it.
@@ -149,19 +175,18 @@ def redact_document(content: bytes | None, key: bytes | None = None, path: str =
         return content.decode("utf-8", "replace")
     if path.endswith((".toml", ".toml.orig")):
         return _redact_toml(content, key)
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            return str(yaml.safe_dump(_mask_tree(loads_yaml(content), key), sort_keys=False))
+        except DecodeError:
+            return "<unparseable content hidden>\n"
     try:
-        document = json.loads(content)
-    except ValueError:
+        document = loads_json(content, surrogates="replace")
+    except DecodeError:
         return "<unparseable content hidden>\n"
-
-    def mask(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: (_mask_value(v, key) if str(k).lower() in SECRET_FIELDS else mask(v)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [mask(v) for v in value]
-        return value
-
-    return json.dumps(mask(document), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(_mask_tree(document, key), indent=2, ensure_ascii=False) + "\n"
 
 
 def _mask_value(value: Any, key: bytes | None) -> str:
@@ -248,7 +273,9 @@ def _plan_provider(
     provider = settings.provider
     if provider is not None:
         config_path = provider.config_path
-        if hostfs.is_dir(config_path):
+        # A path without a .json/.yaml/.yml name is a config directory (kubelet >= 1.34), also on a
+        # fresh node where it does not exist yet: the agent's own file goes inside (the chart's rule too).
+        if hostfs.is_dir(config_path) or not config_path.endswith((".json", ".yaml", ".yml")):
             config_path = config_path.rstrip("/") + "/" + PROVIDER_CONFIG_FILE
         active = {provider.plugin_path: PLUGIN_TARGET, config_path: CONFIG_TARGET}
     stale = {
@@ -266,10 +293,39 @@ def _plan_provider(
         else:
             args = provider.plugin_args if installing and provider is not None else None
             render = render_provider_config(args=args, current=current, record=record, path=path)
-            mode = 0o644
+            # Keep the mode the node gave its file (a 0600 config may hold env secrets).
+            mode = hostfs.mode(path) or 0o644
+            backup_changes, content = _provider_backup(hostfs, settings, record, render, current)
+            changes += backup_changes
+            render = dataclasses.replace(render, content=content)
         _record(new_ledger, path, render.record)
         changes.append(FileChange(path, current, render.content, mode))
     return changes
+
+
+def _digest(content: bytes | None) -> str:
+    return hashlib.sha256(content).hexdigest() if content is not None else ""
+
+
+def _provider_backup(
+    hostfs: HostFS, settings: SyncSettings, record: FileRecord | None, render: Any, current: bytes | None
+) -> tuple[list[FileChange], bytes | None]:
+    """A node's own provider config is copied before the agent's first edit and put back byte for
+    byte when the agent lets go, if nobody changed the file since (else only the entry goes)."""
+    backup = settings.provider_backup
+    if current is not None and record is None and render.content != current and not render.record.created:
+        render.record.backup, render.record.digest = backup, _digest(render.content)
+        return [FileChange(backup, hostfs.read(backup), current, 0o600)], render.content
+    if record is None or not record.backup:
+        return [], render.content
+    saved = hostfs.read(record.backup)
+    if render.record.owned:  # still installed: carry the backup on
+        render.record.backup, render.record.digest = record.backup, _digest(render.content)
+        return [], render.content
+    content = render.content
+    if saved is not None and _digest(current) == record.digest:
+        content = saved  # nobody touched it since: restore the node's bytes exactly
+    return [FileChange(record.backup, saved, None, 0o600)], content
 
 
 def _plan_containerd(
@@ -289,18 +345,24 @@ def _plan_containerd(
     containerd = None if uninstall else settings.containerd
     if containerd is None and not uninstall:
         return []  # containerd is not managed: its files (and the ledger's records of them) stay
-    plan = plan_containerd(
-        read=hostfs.read,
-        is_dir=hostfs.is_dir,
-        mode_of=hostfs.mode,
-        settings=containerd,
-        credentials=merged.credentials,
-        registries=registry_settings.registries if registry_settings is not None else {},
-        ledger=ledger,
-        backup_path=settings.containerd_backup,
-        held=merged.held_registries,
-        hold_all=hold_all,
-    )
+    try:
+        plan = plan_containerd(
+            read=hostfs.read,
+            is_dir=hostfs.is_dir,
+            mode_of=hostfs.mode,
+            settings=containerd,
+            credentials=merged.credentials,
+            registries=registry_settings.registries if registry_settings is not None else {},
+            ledger=ledger,
+            backup_path=settings.containerd_backup,
+            held=merged.held_registries,
+            hold_all=hold_all,
+        )
+    except HostFSError as exc:
+        # One containerd quirk (a symlinked config.toml, a path the writer refuses) leaves containerd
+        # as it is and its ledger records unchanged; the kubelet's files still apply.
+        report.conflicts += (EntryProblem(key="*", registry=None, reason=exc.reason, source=exc.path),)
+        return []
     for path in plan.forget:
         new_ledger.files.pop(path, None)
     for path, record in plan.records.items():
@@ -336,6 +398,9 @@ def _apply(
     changes: Sequence[FileChange],
     report: SyncReport,
 ) -> None:
+    containerd_paths = {
+        p for p, r in {**ledger.files, **new_ledger.files}.items() if r.target.startswith("containerd-")
+    } | {settings.containerd_backup}
     new_bytes = new_ledger.dump() if new_ledger.files else None
     if not any(c.changed for c in changes) and new_bytes == ledger_bytes:
         return
@@ -345,13 +410,20 @@ def _apply(
     for change in changes:
         if not change.changed:
             continue
-        if change.new is None:
-            if hostfs.remove(change.path):
-                report.removed.append(change.path)
-        else:
-            hostfs.ensure_dir(change.path.rsplit("/", 1)[0] or "/")
-            if hostfs.write(change.path, change.new, mode=change.mode):
-                report.written.append(change.path)
+        try:
+            if change.new is None:
+                if hostfs.remove(change.path):
+                    report.removed.append(change.path)
+            else:
+                hostfs.ensure_dir(change.path.rsplit("/", 1)[0] or "/")
+                if hostfs.write(change.path, change.new, mode=change.mode):
+                    report.written.append(change.path)
+        except HostFSError as exc:
+            if change.path not in containerd_paths:
+                raise
+            # containerd's files are reported and left; the kubelet's and the ledger still apply
+            # (the next pass retries: the ledger records what the agent meant to own).
+            report.conflicts += (EntryProblem(key="*", registry=None, reason=exc.reason, source=exc.path),)
     for directory in sorted(set(report.prune_dirs), key=lambda d: -d.count("/")):  # deepest first
         if hostfs.remove_empty_dir(directory):
             report.removed.append(directory + "/")

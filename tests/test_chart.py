@@ -32,6 +32,7 @@ FEATURES: dict[str, dict[str, Any]] = {
         "metrics": {"service": {"enabled": True}, "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/x"}},
         "podAnnotations": {"a": "b"},
+        "annotations": {"enabled": True},
         "image": {"repository": "example/nodeagent", "digest": "sha256:" + "a" * 64},
     },
     "minimal-rbac": {"events": {"enabled": False}, "annotations": {"enabled": False}},
@@ -110,6 +111,8 @@ def test_renders_lints_and_validates(distribution: str, feature: str) -> None:
             assert {"selector"} <= set(obj["spec"])
             continue
         for version in KUBE_VERSIONS:
+            if obj["kind"].startswith("ValidatingAdmissionPolicy") and version < "1.30":
+                continue  # admissionregistration.k8s.io/v1 policies: Kubernetes >= 1.30 (documented)
             kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -172,6 +175,34 @@ def test_features_off_grant_less() -> None:
     assert ["get", "watch"] == [v for rule in nodes["rules"] for v in rule["verbs"]]
     env = {e["name"]: e.get("value") for e in container(objects)["env"]}
     assert ("false", "false") == (env["NODEAGENT_EVENTS"], env["NODEAGENT_ANNOTATIONS"])
+
+
+def test_node_patch_is_off_by_default_and_fenced_when_on() -> None:
+    """By default the agent cannot patch Nodes; with annotations on, the patch comes with a
+    ValidatingAdmissionPolicy bound for the agent's own service account only."""
+    (nodes,) = only(render({}), "ClusterRole")
+    assert ["get", "watch"] == [v for rule in nodes["rules"] for v in rule["verbs"]]
+    objects = render({"annotations": {"enabled": True}})
+    (policy,) = only(objects, "ValidatingAdmissionPolicy")
+    (binding,) = only(objects, "ValidatingAdmissionPolicyBinding")
+    (condition,) = policy["spec"]["matchConditions"]
+    assert 'request.userInfo.username == "system:serviceaccount:nodeagent:na-nodeagent"' == condition["expression"]
+    assert (policy["metadata"]["name"], ["Deny"]) == (
+        binding["spec"]["policyName"],
+        binding["spec"]["validationActions"],
+    )
+    assert any("node-name" in v["expression"] for v in policy["spec"]["validations"])
+
+
+@pytest.mark.parametrize(
+    "config", ["/etc/kubernetes/credential-provider-config.yaml", "/etc/kubernetes", "/var/lib/kubelet/x.json"]
+)
+def test_provider_config_in_a_shared_directory_is_refused(config: str) -> None:
+    """A provider config whose directory holds the node's own files (pki, kubelet.conf) is refused:
+    it would be mounted read-write into the agent."""
+    with pytest.raises(helm.HelmError):
+        render({"ecr": {"enabled": True, "providerBinDir": "/usr/libexec/kubernetes/credential-providers",
+                        "providerConfig": config}})  # fmt: skip
 
 
 def test_mounted_only_needs_no_secret_rbac() -> None:

@@ -518,8 +518,8 @@ def test_any_sequence_then_cleanup_gives_containerd_back(steps: list[tuple[set[s
 
 
 def test_failed_write_after_backup_keeps_the_original(node: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pass that dies after the backup and before config.toml (here: the write fails) leaves
-    the original in place; the next pass edits it, and cleanup restores it byte for byte."""
+    """A pass whose config.toml write fails after the backup leaves the original in place (the
+    failure is reported; config.json applies); the next pass edits it, and cleanup restores it."""
     from nodeagent.errors import HostFSError
 
     fs = HostFS(node)
@@ -532,9 +532,10 @@ def test_failed_write_after_backup_keeps_the_original(node: Path, monkeypatch: p
         return real_write(self, host_path, data, mode=mode)
 
     monkeypatch.setattr(HostFS, "write", failing)
-    with pytest.raises(HostFSError):
-        sync(fs, settings, _sources({"r.example": ("u", "p")}))
+    report = sync(fs, settings, _sources({"r.example": ("u", "p")}))  # containerd's failure is reported
     monkeypatch.setattr(HostFS, "write", real_write)
+    assert ["/etc/containerd/config.toml"] == [p.source for p in report.conflicts]
+    assert "r.example" in (node / "var/lib/kubelet/config.json").read_text()  # the kubelet's file applied
     assert V2 == (node / "etc/containerd/config.toml").read_text()
     sync(HostFS(node), settings, _sources({"r.example": ("u", "p")}))
     assert "r.example" in (node / "etc/containerd/config.toml").read_text()

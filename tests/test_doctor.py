@@ -477,7 +477,9 @@ def test_containerd_managed_and_own_hosts_toml(host_root: Path, tmp_path: Path) 
     own.parent.mkdir(parents=True)
     own.write_text('server = "https://own.example"\n[host."https://own.example"]\n  skip_verify = true\n')
     settings = tmp_path / "registries.toml"
-    settings.write_text('[registries."managed.example"]\nmirrors = ["https://mirror.example"]\n')
+    settings.write_text(
+        '[registries."managed.example"]\nmirrors = [{ url = "https://mirror.example", credentials = true }]\n'
+    )
     source = tmp_path / "src.json"
     source.write_text(json.dumps({"auths": {"managed.example": {"auth": b64("u:SENTINEL-doctor")}}}))
     subprocess.run(

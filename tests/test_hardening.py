@@ -196,3 +196,84 @@ def test_zone_ids_are_refused(host: str) -> None:
     """IPv6 zone IDs never pass the host validator (they would become directory names and TOML keys)."""
     with pytest.raises(InvalidRegistry):
         validate_registry_host(host)
+
+
+# -- 7. the node's provider config keeps its mode and bytes; show masks env ----------------------------
+PRIVATE_PROVIDER_CONFIG = """apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+  # the node's own provider, with a secret in its env
+  - name: own-plugin
+    matchImages: ["own.example"]
+    defaultCacheDuration: 1h
+    apiVersion: credentialprovider.kubelet.k8s.io/v1
+    env:
+      - name: OWN_TOKEN
+        value: s3cr3t-env-value
+"""
+
+
+def _provider_settings(host_root: Path, config: str) -> SyncSettings:
+    from nodeagent.config import ProviderSettings
+
+    return SyncSettings(
+        host_root=str(host_root),
+        provider=ProviderSettings(bin_dir="/usr/libexec/kubernetes/credential-providers", config_path=config),
+    )
+
+
+def test_private_provider_config_keeps_mode_and_bytes(host_root: Path) -> None:
+    """install-provider into a 0600 config keeps it 0600; cleanup puts back the node's bytes exactly
+    (comments included) and its mode."""
+    path = host_root / "etc/kubernetes/credential-provider/config.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(PRIVATE_PROVIDER_CONFIG)
+    path.chmod(0o600)
+    settings = _provider_settings(host_root, "/etc/kubernetes/credential-provider/config.yaml")
+    sync(HostFS(host_root), settings, [], hold_all=True)
+    assert (0o600, "nodeagent-ecr-credential-provider") == (
+        path.stat().st_mode & 0o777,
+        __import__("yaml").safe_load(path.read_text())["providers"][-1]["name"],
+    )
+    cleanup(HostFS(host_root), settings)
+    assert (PRIVATE_PROVIDER_CONFIG, 0o600) == (path.read_text(), path.stat().st_mode & 0o777)
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "json"])
+def test_show_masks_provider_env_values(suffix: str) -> None:
+    """show/dry-run render a provider config with env values masked, env names kept."""
+    from nodeagent.decoding import loads_yaml
+    from nodeagent.reconcile import redact_document
+
+    document = loads_yaml(PRIVATE_PROVIDER_CONFIG)
+    content = json.dumps(document).encode() if suffix == "json" else PRIVATE_PROVIDER_CONFIG.encode()
+    shown = redact_document(content, path=f"/etc/kubernetes/credential-provider/config.{suffix}")
+    assert ("s3cr3t-env-value" in shown, "OWN_TOKEN" in shown) == (False, True)
+
+
+# -- 10. header values are masked --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("/var/lib/kubelet/config.json", b'{"auths": {}, "HttpHeaders": {"Authorization": "Bearer s3cr3t-h", "X-T": "s3cr3t-x"}}'),
+        ("/etc/containerd/certs.d/r/hosts.toml", b'[host."https://r"]\n[host."https://r".header]\nX-Token = "s3cr3t-x"\nAuthorization = "Basic s3cr3t-h"\n'),
+    ],
+)  # fmt: skip
+def test_every_header_value_is_masked(path: str, content: bytes) -> None:
+    """Every value under HttpHeaders (config.json) or a header table (hosts.toml) is masked."""
+    from nodeagent.reconcile import redact_document
+
+    shown = redact_document(content, key=b"k", path=path)
+    assert ([], 2) == ([w for w in ("s3cr3t-h", "s3cr3t-x") if w in shown], shown.count("<redacted:"))
+
+
+# -- 16. the kubeadm preset on a fresh node -------------------------------------------------------------
+def test_kubeadm_preset_on_a_fresh_node_creates_the_config_directory(host_root: Path) -> None:
+    """The kubeadm preset's config path is a directory (kubelet >= 1.34): on a node where it does not
+    exist yet, the agent creates it and writes its own file inside, never a file of that name."""
+    from nodeagent.config import PROVIDER_PRESETS
+
+    _, config = PROVIDER_PRESETS["kubeadm"]
+    sync(HostFS(host_root), _provider_settings(host_root, config), [], hold_all=True)
+    directory = host_root / config.lstrip("/")
+    assert (True, ["nodeagent-ecr.yaml"]) == (directory.is_dir(), sorted(p.name for p in directory.iterdir()))

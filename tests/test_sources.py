@@ -152,3 +152,26 @@ def test_backoff_capped_with_jitter() -> None:
     assert max(delays) >= 15
     backoff.reset()
     assert backoff.next() <= 0.5
+
+
+def test_an_unexpected_error_never_ends_the_watcher() -> None:
+    """An object no code path anticipated (here metadata that is not a map) is logged and the watcher
+    lists again and carries on; the thread never dies of it (a dead watcher stops rotation)."""
+    odd = {"metadata": ["not", "a", "map"], "type": "kubernetes.io/dockerconfigjson", "data": {}}
+    updates, _ = _run([(odd, "4"), (_secret(5, "a"), "6")], [[]])
+    assert ["data"] == [u.kind for u in updates]
+
+
+def test_hostile_secret_content_is_an_invalid_source() -> None:
+    """Secret content with a 5,000-digit number, NaN or deep nesting is an invalid source, not a crash."""
+    bodies = [b'{"auths": {}, "n": 1' + b"1" * 5000 + b"}", b'{"auths": {"r": NaN}}', b"[" * 50_000]
+    lists: list[Any] = []
+    for rv, body in enumerate(bodies, start=1):
+        secret = _secret(rv, "a")
+        secret["data"][".dockerconfigjson"] = base64.b64encode(body).decode()
+        lists.append((secret, str(rv)))
+    updates: list[SourceUpdate] = []
+    for item in lists:
+        more, _ = _run([item], [[]])
+        updates += more
+    assert ["invalid"] * 3 == [u.kind for u in updates]

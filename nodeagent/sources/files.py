@@ -75,7 +75,7 @@ class DirectoryWatch(FileSystemEventHandler):
 
     @property
     def alive(self) -> bool:
-        return bool(self._observer.is_alive())
+        return bool(self._observer.is_alive() and self._thread.is_alive())
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -84,7 +84,10 @@ class DirectoryWatch(FileSystemEventHandler):
                 return
             time.sleep(self._debounce)
             self._dirty.clear()
-            self._callback(self._first_event)
+            try:
+                self._callback(self._first_event)
+            except Exception as exc:
+                get_logger().error("watch_callback_crashed", error_type=type(exc).__name__)
 
 
 class FileWatcher:

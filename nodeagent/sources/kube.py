@@ -111,6 +111,13 @@ class _Watcher(threading.Thread):
             except KubeError as exc:
                 self.watching = False
                 self._failed(exc)
+            except Exception as exc:
+                # A bug or an input no parser anticipated: say so, back off and list again; the
+                # thread never dies of it (a dead watcher would stop rotation on every node).
+                self.watching = False
+                delay = self._backoff.next()
+                self.log.error("watch_crashed", error_type=type(exc).__name__, retry_in_s=round(delay, 2))
+                self.stop.wait(delay)
 
     def _watch_from(self, rv: str) -> None:
         self._on_start(self.label)

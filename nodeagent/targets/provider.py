@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from nodeagent.decoding import DecodeError, loads_json, loads_yaml
 from nodeagent.errors import TargetError
 from nodeagent.ledger import FileRecord
 
@@ -99,9 +100,9 @@ def provider_entry(args: list[str]) -> dict[str, Any]:
 
 def _load(current: bytes, path: str, fmt: str) -> dict[str, Any]:
     try:
-        document = json.loads(current) if fmt == "json" else yaml.safe_load(current)
-    except (ValueError, yaml.YAMLError):
-        raise TargetError(path, f"the existing file is not valid {fmt.upper()}; refusing to change it") from None
+        document = loads_json(current) if fmt == "json" else loads_yaml(current)
+    except DecodeError as exc:
+        raise TargetError(path, f"the existing file cannot be used ({exc}); refusing to change it") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):

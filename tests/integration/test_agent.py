@@ -240,3 +240,31 @@ def test_periodic_resync_runs(kube: FakeKube, start_agent: Start) -> None:
     wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
     before = agent.metric('nodeagent_syncs_total{result="success"}')
     wait_for(lambda: agent.metric('nodeagent_syncs_total{result="success"}') >= before + 2, "resync passes")
+
+
+HOSTILE_BODIES = [
+    b'{"auths": {"r.example.com": {"username": "u", "password": "x\\ud800"}}}',  # lone surrogate
+    b'{"auths": {}, "n": 1' + b"1" * 5000 + b"}",  # past Python's int-string limit
+    b'{"auths": {"r.example.com": {"auth": "dTpw", "n": NaN}}}',
+    b"[" * 100_000,  # recursion
+    b'{"auths": {"https://robot:pw@r.example.com": {"auth": "dTpw"}}}',
+]
+
+
+def test_hostile_secrets_never_stop_the_agent(kube: FakeKube, start_agent: Start) -> None:
+    """The whole agent fed each hostile Secret value in turn keeps its last good credentials, stays
+    live (/healthz 200, no crash event, process running) and applies the next good Secret."""
+    _put(kube, {"r.example.com": PW1})
+    agent = start_agent("--secret", f"{NS}/{NAME}")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "first sync")
+    for body in HOSTILE_BODIES:
+        seen = len(agent.events("source_invalid")) + len(agent.events("entry_rejected"))
+        kube.put_secret(NS, NAME, data={".dockerconfigjson": body})
+        wait_for(
+            lambda seen=seen: len(agent.events("source_invalid")) + len(agent.events("entry_rejected")) > seen,
+            "hostile value reported",
+        )
+        assert (None, 200) == (agent.proc.poll(), agent.http("/healthz")[0])
+    assert ([], []) == (agent.events("watch_crashed"), agent.events("sync_crashed"))
+    _put(kube, {"r.example.com": PW2})
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW2}, "rotation after hostile values")

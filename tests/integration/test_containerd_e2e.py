@@ -225,8 +225,9 @@ def test_cleanup_leaves_containerd_config_as_it_was(node: Node) -> None:
 
 
 def test_mirror_serves_with_the_registrys_credential(node: Node, tmp_path: Path) -> None:
-    """A mirror in the settings is tried first, and with --containerd-auth it gets the registry's
-    credential (config.toml keyed by the mirror's host): the image exists only on the mirror."""
+    """A mirror in the settings is tried first; with --containerd-auth it gets the registry's
+    credential (config.toml keyed by the mirror's host) only when marked credentials = true: the
+    image exists only on the mirror, so the pull fails until then."""
     mirror = Registry(
         tmp_path / "mirror", node.registry.ca, node.registry.cert, node.registry.key,
         free_port(node.registry.address), address=node.registry.address,
@@ -240,6 +241,13 @@ def test_mirror_serves_with_the_registrys_credential(node: Node, tmp_path: Path)
             node.containerd.pull(image, auth=(node.registry.username, node.registry.password))
         node.write_secret(node.registry.password)
         settings = node.write_settings(ca=str(node.registry.ca), mirrors=[f"https://{mirror.host}"])
+        node.sync("--registry-config", str(settings), "--containerd-auth")
+        node.containerd.restart()
+        with pytest.raises(PullFailed):  # the mirror gets no password it was not named for
+            node.containerd.pull(image)
+        settings = node.write_settings(
+            ca=str(node.registry.ca), mirrors=[{"url": f"https://{mirror.host}", "credentials": True}]
+        )
         node.sync("--registry-config", str(settings), "--containerd-auth")
         node.containerd.restart()
         assert node.containerd.pull(image).startswith("sha256:")
