@@ -252,13 +252,14 @@ def test_show_masks_provider_env_values(suffix: str) -> None:
 
 
 # -- 10. header values are masked --------------------------------------------------------------------
+HEADERS_JSON = b'{"auths": {}, "HttpHeaders": {"Authorization": "Bearer s3cr3t-h", "X-T": "s3cr3t-x"}}'
+HEADERS_TOML = b'[host."https://r".header]\nX-Token = "s3cr3t-x"\nAuthorization = "Basic s3cr3t-h"\n'
+
+
 @pytest.mark.parametrize(
     ("path", "content"),
-    [
-        ("/var/lib/kubelet/config.json", b'{"auths": {}, "HttpHeaders": {"Authorization": "Bearer s3cr3t-h", "X-T": "s3cr3t-x"}}'),
-        ("/etc/containerd/certs.d/r/hosts.toml", b'[host."https://r"]\n[host."https://r".header]\nX-Token = "s3cr3t-x"\nAuthorization = "Basic s3cr3t-h"\n'),
-    ],
-)  # fmt: skip
+    [("/var/lib/kubelet/config.json", HEADERS_JSON), ("/etc/containerd/certs.d/r/hosts.toml", HEADERS_TOML)],
+)
 def test_every_header_value_is_masked(path: str, content: bytes) -> None:
     """Every value under HttpHeaders (config.json) or a header table (hosts.toml) is masked."""
     from nodeagent.reconcile import redact_document
