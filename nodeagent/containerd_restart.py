@@ -64,9 +64,14 @@ def _processes() -> Iterable[Any]:
 
 
 def find_containerd(
-    config: str | None, processes: Callable[[], Iterable[Any]] = _processes
+    config: str | None,
+    processes: Callable[[], Iterable[Any]] = _processes,
+    start_time: Callable[[int, float], float] = process_start_time,
 ) -> ContainerdProcess | None:
-    """The containerd daemon using ``config`` (by its ``--config`` flag), else the only one running."""
+    """The containerd daemon using ``config`` (by its ``--config`` flag), else the only one running.
+
+    ``processes`` and ``start_time`` are this machine's by default; tests give both (a fake
+    process list must never be looked up in the real ``/proc``)."""
     found: list[ContainerdProcess] = []
     for proc in processes():
         try:
@@ -80,7 +85,7 @@ def find_containerd(
                     flag = cmdline[i + 1]
                 elif arg.startswith("--config="):
                     flag = arg.split("=", 1)[1]
-            started = process_start_time(proc.pid, float(info.get("create_time") or 0.0))
+            started = start_time(proc.pid, float(info.get("create_time") or 0.0))
             found.append(ContainerdProcess(proc.pid, flag, started))
         except (OSError, KeyError, IndexError):
             continue
@@ -111,10 +116,12 @@ class Restarter:
         run: Callable[..., Any] = subprocess.run,
         kill: Callable[[int, int], None] = os.kill,
         processes: Callable[[], Iterable[Any]] = _processes,
+        start_time: Callable[[int, float], float] = process_start_time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self._run, self._kill, self._processes, self._clock = run, kill, processes, clock
+        self._start_time = start_time
         self.pending = False
         self.last: float | None = None
 
@@ -144,7 +151,7 @@ class Restarter:
 
     def _restart(self) -> None:
         if self.settings.restart == "signal":
-            process = find_containerd(self.settings.config, self._processes)
+            process = find_containerd(self.settings.config, self._processes, self._start_time)
             if process is None:
                 raise RestartError("no containerd process is visible (the signal policy needs hostPID)")
             try:

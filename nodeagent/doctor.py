@@ -8,14 +8,12 @@ was seen, why it matters and the fix. Reads only; never writes. Never prints a c
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shlex
 import socket
 import ssl
 import stat
 import time
-import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,11 +21,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import yaml
-
 from nodeagent.config import CONTAINERD_PRESETS
 from nodeagent.containerd_restart import process_start_time
 from nodeagent.credentials import safe_key
+from nodeagent.decoding import DecodeError, loads_json, loads_toml, loads_yaml
 from nodeagent.ecr.plugin import API_VERSIONS, CACHE_FILE, MIN_REMAINING
 from nodeagent.errors import HostFSError, InputError, SymlinkRefused, TargetError
 from nodeagent.hostfs import TEMP_MARKER, HostFS
@@ -198,8 +195,8 @@ class _Doctor:
             if content is None:
                 continue
             try:
-                document = json.loads(content)
-            except ValueError:
+                document = loads_json(content, surrogates="replace")  # as the kubelet (Go) reads it
+            except DecodeError:
                 document = None
             problems = kubelet_problems(document)
             if problems:
@@ -325,7 +322,12 @@ class _Doctor:
             if record.target != "kubelet":
                 continue
             content = self._read(path)
-            present = set((json.loads(content).get("auths") or {}) if content else {})
+            try:
+                document = loads_json(content, surrogates="replace") if content else {}
+            except DecodeError:
+                document = {}  # reported by check_kubelet as unparseable
+            auths = document.get("auths") if isinstance(document, dict) else None
+            present = set(auths) if isinstance(auths, dict) else set()
             missing = sorted(set(record.owned) - present)
             if missing:
                 self.add(
@@ -362,8 +364,8 @@ class _Doctor:
             )
             return []
         try:
-            document = tomllib.loads(content.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            document = loads_toml(content)
+        except DecodeError as exc:
             self.add(
                 "containerd.config-unparseable",
                 "error",
@@ -399,8 +401,8 @@ class _Doctor:
         if dropin is not None and dropin_content is not None and is_managed(dropin_content):
             changed.append(dropin)
             try:
-                extra = tomllib.loads(dropin_content.decode("utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+                extra = loads_toml(dropin_content)
+            except DecodeError:
                 extra = {}
             extra_registry = ((extra.get("plugins") or {}).get(plugin) or {}).get("registry") or {}
             configs.update(extra_registry.get("configs") or {})
@@ -456,8 +458,8 @@ class _Doctor:
                 continue
             (managed if is_managed(content) else own).append(host)
             try:
-                document = tomllib.loads(content.decode("utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                document = loads_toml(content)
+            except DecodeError as exc:
                 self.add(
                     "containerd.hosts-unparseable",
                     "error",
@@ -499,9 +501,9 @@ class _Doctor:
             )
             return
         try:
-            document = json.loads(content) if config_path.endswith(".json") else yaml.safe_load(content)
+            document = loads_json(content) if config_path.endswith(".json") else loads_yaml(content)
             providers = {p["name"]: p for p in document.get("providers", [])}
-        except (ValueError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        except (DecodeError, AttributeError, KeyError, TypeError):
             self.add(
                 "provider.config-unparseable",
                 "error",
@@ -566,9 +568,15 @@ class _Doctor:
             )
             return
         try:
-            tokens = json.loads(content).get("tokens", {})
-        except ValueError:
+            document = loads_json(content)
+        except DecodeError:
+            document = {}
+        tokens = document.get("tokens", {}) if isinstance(document, dict) else {}
+        if not isinstance(tokens, dict):
             tokens = {}
+        tokens = {
+            k: v for k, v in tokens.items() if isinstance(v, dict) and isinstance(v.get("expiresAt", 0), (int, float))
+        }
         now = time.time()
         for key, entry in tokens.items():
             left = float(entry.get("expiresAt", 0)) - now
@@ -687,16 +695,34 @@ def probe(
     return results
 
 
+class _RedirectRefused(Exception):
+    """A redirect with credentials to another scheme or host: not followed."""
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the same https origin. urllib's default handler re-sends the
+    Authorization header to wherever a 30x points, http:// and other hosts included."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        if (new.scheme, new.netloc) != ("https", old.netloc):
+            raise _RedirectRefused()
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _probe_one(host: str, user: str, password: str, context: ssl.SSLContext, timeout: float) -> str:
     basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     url = f"https://{host}/v2/"
+    opener = urllib.request.build_opener(_SameOriginRedirects(), urllib.request.HTTPSHandler(context=context))
 
     def get(target: str, authorization: str | None) -> tuple[int, dict[str, str], bytes]:
         if not target.startswith("https://"):
             raise ValueError("only https is probed")
         request = urllib.request.Request(target, headers={"Authorization": authorization} if authorization else {})  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310 - https only
+            with opener.open(request, timeout=timeout) as response:
                 return response.status, dict(response.headers), response.read(65536)
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), b""
@@ -717,11 +743,16 @@ def _probe_one(host: str, user: str, password: str, context: ssl.SSLContext, tim
             t_status, _, body = get(token_url, basic)
             if t_status != 200:
                 return "rejected"
-            token = json.loads(body).get("token") or json.loads(body).get("access_token")
+            answer = loads_json(body)
+            token = (answer.get("token") or answer.get("access_token")) if isinstance(answer, dict) else None
+            if not isinstance(token, str):
+                return "rejected"
             status, _, _ = get(url, f"Bearer {token}")
         else:
             status, _, _ = get(url, basic)
         return "valid" if status == 200 else "rejected" if status in (401, 403) else f"http-{status}"
+    except _RedirectRefused:
+        return "redirect-refused"
     except ssl.SSLError:
         return "tls-error"
     except urllib.error.URLError as exc:

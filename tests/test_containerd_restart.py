@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from nodeagent.config import ContainerdSettings
-from nodeagent.containerd_restart import Restarter, RestartError, find_containerd, process_start_time, restart_pending
+from nodeagent.containerd_restart import Restarter, RestartError, process_start_time, restart_pending
+from nodeagent.containerd_restart import find_containerd as _find_containerd
 
 
 class _Proc:
@@ -23,6 +24,20 @@ PROCS = [
     _Proc(11, "containerd", ["/usr/bin/containerd", "--config", "/other/config.toml"]),
     _Proc(12, "containerd", ["/usr/bin/containerd", "--config", "/etc/containerd/config.toml"]),
 ]
+
+
+def _fake_start(pid: int, fallback: float) -> float:
+    """The fake processes' own start time: never looked up in this machine's /proc."""
+    return fallback
+
+
+def find_containerd(config: str | None, processes: Any) -> Any:
+    return _find_containerd(config, processes, _fake_start)
+
+
+def _restarter(settings: ContainerdSettings, **kwargs: Any) -> Restarter:
+    kwargs.setdefault("processes", lambda: PROCS)
+    return Restarter(settings, start_time=_fake_start, **kwargs)
 
 
 class _Clock:
@@ -55,7 +70,7 @@ def test_restart_pending_compares_mtime_with_start() -> None:
 def test_none_policy_only_reports() -> None:
     """Policy none never signals or runs anything; the change stays pending."""
     calls: list[Any] = []
-    restarter = Restarter(ContainerdSettings(auth=True), run=calls.append, kill=lambda *a: calls.append(a))
+    restarter = _restarter(ContainerdSettings(auth=True), run=calls.append, kill=lambda *a: calls.append(a))
     restarter.request()
     assert ("pending", [], None) == (restarter.maybe_restart(), calls, restarter.due_at())
 
@@ -64,7 +79,7 @@ def test_signal_policy_once_per_interval() -> None:
     """signal sends SIGTERM to the matching containerd; a second change within the interval waits."""
     kills: list[tuple[int, int]] = []
     clock = _Clock()
-    restarter = Restarter(
+    restarter = _restarter(
         ContainerdSettings(auth=True, restart="signal", restart_interval=300),
         kill=lambda pid, sig: kills.append((pid, sig)),
         processes=lambda: PROCS,
@@ -83,7 +98,7 @@ def test_signal_policy_once_per_interval() -> None:
 
 def test_signal_without_visible_containerd_fails() -> None:
     """No containerd visible (no hostPID): a RestartError that says why, and the change stays pending."""
-    restarter = Restarter(ContainerdSettings(auth=True, restart="signal"), processes=lambda: [])
+    restarter = _restarter(ContainerdSettings(auth=True, restart="signal"), processes=lambda: [])
     restarter.request()
     with pytest.raises(RestartError, match="hostPID"):
         restarter.maybe_restart()
@@ -98,7 +113,7 @@ def test_systemd_policy_runs_systemctl_in_host_namespaces() -> None:
         commands.append(command)
         return subprocess.CompletedProcess(command, 0, b"", b"")
 
-    restarter = Restarter(ContainerdSettings(auth=True, restart="systemd"), run=run)
+    restarter = _restarter(ContainerdSettings(auth=True, restart="systemd"), run=run)
     restarter.request()
     assert "restarted" == restarter.maybe_restart()
     assert ["nsenter", "--target", "1"] == commands[0][:3]
@@ -111,7 +126,7 @@ def test_systemd_failure_is_reported() -> None:
     def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         return subprocess.CompletedProcess(command, 1, b"", b"Failed to connect to bus")
 
-    restarter = Restarter(ContainerdSettings(auth=True, restart="systemd"), run=run)
+    restarter = _restarter(ContainerdSettings(auth=True, restart="systemd"), run=run)
     restarter.request()
     with pytest.raises(RestartError, match="exited 1"):
         restarter.maybe_restart()

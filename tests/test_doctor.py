@@ -503,3 +503,54 @@ def test_containerd_version_1_config(host_root: Path) -> None:
     _, report = _doctor(host_root, "--no-discover")
     assert "containerd.config-unsupported" in _ids(report)
     assert "containerd.config" not in _ids(report)
+
+
+def test_probe_never_follows_a_redirect_with_credentials(tls: tuple[Path, Path, Path]) -> None:
+    """A registry that answers the credentialed request with a 302 to http:// (or another host)
+    is reported as redirect-refused, and the other end never sees the Authorization header."""
+    seen: list[str] = []
+
+    class Plain(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    plain = ThreadingHTTPServer(("127.0.0.1", 0), Plain)
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            if self.headers.get("Authorization"):
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{plain.server_address[1]}/v2/")
+            else:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="r"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(tls[1]), str(tls[2]))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from nodeagent.doctor import probe
+
+        results = probe(
+            {f"127.0.0.1:{server.server_address[1]}": {"auth": b64("puller:SENTINEL-redirect")}},
+            ca_file=str(tls[0]),
+            timeout=5,
+        )
+    finally:
+        server.shutdown()
+        plain.shutdown()
+    assert (["redirect-refused"], []) == ([r["result"] for r in results], seen)

@@ -197,3 +197,88 @@ def test_host_recognition(host: str, key: str | None) -> None:
 def test_go_duration(seconds: float, text: str) -> None:
     """Durations are formatted as Go's time.Duration.String."""
     assert text == go_duration(seconds)
+
+
+# -- hardening (issue 14, item 13) --------------------------------------------------------------------
+def test_socket_limit_is_for_the_whole_answer(tmp_path: Path) -> None:
+    """An agent socket that trickles a valid answer a byte at a time past the limit is a timeout:
+    the limit covers the whole exchange, not each recv."""
+    from nodeagent.ecr import plugin
+
+    answer = json.dumps({"token": TOKEN, "expiresAt": time.time() + 3600}).encode() + b"\n"
+    path = tmp_path / "slow.sock"
+
+    class Slow(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            for byte in answer:
+                self.wfile.write(bytes([byte]))
+                time.sleep(0.02)
+
+    server = socketserver.ThreadingUnixStreamServer(str(path), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(plugin.PluginError):
+            plugin._ask_agent(str(path), "us-east-1", timeout=0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "raw", ["[" * 100_000, '{"apiVersion": NaN}', '{"a": 1' + "1" * 5000 + "}", '{"image": "x\\ud800"}']
+)
+def test_hostile_stdin_is_one_line_on_stderr(raw: str, state: Path, tmp_path: Path) -> None:
+    """Deep nesting, NaN, huge numbers or a lone surrogate on stdin: exit 1, one line, no traceback."""
+    result = _run(None, state, tmp_path / "none.sock", raw=raw)
+    assert (1, "", 1) == (result.returncode, result.stdout, len(result.stderr.strip().splitlines()))
+
+
+@pytest.mark.parametrize("expires", ["NaN", "Infinity", "1e999", "[" * 5000 + "]" * 5000])
+def test_hostile_cache_is_a_miss(expires: str, state: Path, agent_socket: tuple[Path, list[str]]) -> None:
+    """A cache whose expiresAt is NaN/Infinity/out of range, or nested too deep, is a cache miss:
+    the agent is asked, and the answer is good."""
+    sock, asked = agent_socket
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "ecr-tokens.json").write_text(
+        '{"version": 1, "tokens": {"us-east-1": {"token": "' + TOKEN + '", "expiresAt": ' + expires + "}}}"
+    )
+    result = _run(_request(), state, sock)
+    assert (0, ["us-east-1"]) == (result.returncode, asked)
+
+
+def test_sovereign_cloud_host_is_one_rule_for_plugin_and_agent() -> None:
+    """The AWS European Sovereign Cloud host maps to its region, and the agent accepts that region."""
+    from nodeagent.ecr.tokens import valid_key
+
+    key = parse_ecr_host("123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu")
+    assert ("eusc-de-east-1", True) == (key, valid_key(key or ""))
+
+
+def test_plugin_strict_json_agrees_with_the_agents() -> None:
+    """The plugin's stdlib-only strict JSON reader refuses what nodeagent.decoding refuses."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from nodeagent.decoding import DecodeError, loads_json
+    from nodeagent.ecr.plugin import loads_strict
+
+    pieces = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "1" * 450, '"\\ud800"', '"ok"', "1.5", "[", "]"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(pieces, min_size=1, max_size=4))
+    def check(parts: list[str]) -> None:
+        text = '{"k": [' + ", ".join(parts) + "]}"
+        try:
+            loads_json(text)
+            agent_ok = True
+        except DecodeError:
+            agent_ok = False
+        try:
+            loads_strict(text)
+            plugin_ok = True
+        except ValueError:
+            plugin_ok = False
+        assert agent_ok == plugin_ok
+
+    check()

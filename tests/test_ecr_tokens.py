@@ -197,3 +197,56 @@ def test_symlink_at_token_cache_refused(aws: AwsPeer, host_root: Path, tmp_path:
     with pytest.raises(SymlinkRefused):
         _manager(host_root).get("us-east-1")
     assert "precious" == outside.read_text()
+
+
+class _CountingSource:
+    """A token source that hands out 12-hour tokens and counts fetches per key."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock, self.fetched = clock, []
+
+    def fetch(self, key: str) -> tuple[str, float]:
+        self.fetched.append(key)
+        return base64.b64encode(b"AWS:SENTINEL-token").decode(), self.clock() + 12 * 3600
+
+
+def test_asked_regions_are_bounded_and_dropped_when_idle(host_root: Path) -> None:
+    """Regions the plugin asks for are capped, and one nobody asked for in a day stops being
+    refreshed (and leaves the cache); configured regions stay warm."""
+    from nodeagent.ecr.tokens import IDLE_KEY_TTL, MAX_ASKED_KEYS
+
+    clock = Clock()
+    source = _CountingSource(clock)
+    manager = TokenManager(source=source, hostfs=HostFS(host_root), state_dir="/s", keys=["us-east-1"], clock=clock)
+    asked = [f"xx-test-{i}" for i in range(MAX_ASKED_KEYS)]
+    for key in asked:
+        manager.get(key)
+    with pytest.raises(TokenError):
+        manager.get("xx-test-999")
+    clock.now += IDLE_KEY_TTL + 1
+    manager.get(asked[0])  # still asked for
+    manager.refresh_due()
+    cache = json.loads((host_root / "s/ecr-tokens.json").read_text())["tokens"]
+    assert ({"us-east-1", asked[0]}, {"us-east-1", asked[0]}) == (manager.keys, set(cache))
+
+
+def test_socket_answers_a_hostile_request_with_an_error(host_root: Path, tmp_path: Path) -> None:
+    """Deeply nested, NaN or non-object requests on the socket get {"error": ...}; the server stays up."""
+    import socket as socketlib
+
+    clock = Clock()
+    manager = TokenManager(
+        source=_CountingSource(clock), hostfs=HostFS(host_root), state_dir="/s", keys=[], clock=clock
+    )
+    server = EcrSocketServer(hostfs=HostFS(host_root), socket_path="/run/nodeagent/agent.sock", manager=manager)
+    server.start()
+    answers = []
+    try:
+        for line in [b"[" * 3000 + b"\n", b'{"key": NaN}\n', b"[1]\n", b'{"key": "us-east-1"}\n']:
+            with socketlib.socket(socketlib.AF_UNIX) as conn:
+                conn.connect(server.real_path)
+                conn.sendall(line)
+                answers.append(json.loads(conn.makefile("rb").readline()))
+    finally:
+        server.stop()
+    assert [True, True, True, False] == ["error" in a for a in answers]

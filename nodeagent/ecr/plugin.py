@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import sys
@@ -37,6 +38,9 @@ PRIVATE_HOST = re.compile(
     r"(amazonaws\.(?:com(?:\.cn)?|eu)|on\.(?:aws|amazonwebservices\.com\.cn)|sc2s\.sgov\.gov|c2s\.ic\.gov"
     r"|cloud\.adc-e\.uk|csp\.hci\.ic\.gov)$"
 )
+REGION = re.compile(r"^[a-z]{2,8}(?:-[a-z0-9]+)*-\d{1,2}$")
+"""An AWS region name (``us-east-1``, ``us-gov-west-1``, ``eusc-de-east-1``): the one rule for a
+private-ECR cache key, here and in the agent (``nodeagent.ecr.tokens.valid_key``)."""
 PUBLIC_HOSTS = ("public.ecr.aws", "ecr-public.aws.com")
 PUBLIC_KEY = "public"
 """Cache key of the ECR Public token (its API lives in us-east-1)."""
@@ -46,11 +50,76 @@ SOCKET_TIMEOUT = 20.0
 """Well inside the kubelet's own 60 s limit for a plugin run."""
 CACHE_FILE = "ecr-tokens.json"
 
-__all__ = ["PRIVATE_HOST", "PUBLIC_HOSTS", "PUBLIC_KEY", "go_duration", "parse_ecr_host", "run"]
+MAX_DEPTH = 32
+"""Deepest JSON accepted on stdin, in the cache and from the socket (real documents nest 3 deep)."""
+
+__all__ = [
+    "PRIVATE_HOST",
+    "PUBLIC_HOSTS",
+    "PUBLIC_KEY",
+    "REGION",
+    "go_duration",
+    "is_cache_key",
+    "loads_strict",
+    "parse_ecr_host",
+    "run",
+]
 
 
 class PluginError(Exception):
     """A one-line reason for stderr; never contains a token."""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:
+        raise ValueError("number too long")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text[:400]) if len(text) <= 400 else math.inf
+    if not math.isfinite(value):
+        raise ValueError("number not finite")
+    return value
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """JSON with bounded numbers and depth, no NaN/Infinity: ValueError for anything else.
+
+    The plugin's own copy of the agent's strict decoding (``nodeagent.decoding``; it runs on the
+    host with only the standard library); tests/test_ecr_plugin.py checks that both agree.
+    """
+    try:
+        document = json.loads(data, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    stack = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError("nested too deeply")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            if any(isinstance(k, str) and _has_surrogate(k) for k in value):
+                raise ValueError("a key is not valid Unicode")
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str) and _has_surrogate(value):
+            raise ValueError("a string is not valid Unicode")
+    return document
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def is_cache_key(key: str) -> bool:
+    """A token cache key: ``public`` or an AWS region name."""
+    return key == PUBLIC_KEY or bool(REGION.match(key))
 
 
 def parse_ecr_host(host: str) -> str | None:
@@ -58,7 +127,7 @@ def parse_ecr_host(host: str) -> str | None:
     if host in PUBLIC_HOSTS:
         return PUBLIC_KEY
     match = PRIVATE_HOST.match(host)
-    return match.group(3) if match else None
+    return match.group(3) if match and REGION.match(match.group(3)) else None
 
 
 def go_duration(seconds: float) -> str:
@@ -88,7 +157,7 @@ def _read_cache(state_dir: str, key: str) -> tuple[str, float] | None:
         return None
     try:
         with os.fdopen(fd, "rb") as handle:
-            entry = json.loads(handle.read(1 << 20)).get("tokens", {}).get(key)
+            entry = loads_strict(handle.read(1 << 20)).get("tokens", {}).get(key)
     except (OSError, ValueError, AttributeError):
         return None
     if not isinstance(entry, dict):
@@ -103,17 +172,26 @@ def _ask_agent(socket_path: str, key: str, timeout: float) -> tuple[str, float]:
     import socket  # only on a cache miss
 
     request = json.dumps({"key": key}).encode() + b"\n"
+    deadline = time.monotonic() + timeout  # one limit for the whole exchange, not per recv
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
             conn.connect(socket_path)
             conn.sendall(request)
-            chunks = []
+            chunks: list[bytes] = []
+            size = 0
             while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError()
+                conn.settimeout(left)
                 chunk = conn.recv(65536)
                 if not chunk:
                     break
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > 1 << 20:
+                    raise PluginError("the nodeagent agent sent an answer larger than 1 MiB")
                 if chunk.endswith(b"\n"):
                     break
     except TimeoutError:
@@ -121,7 +199,7 @@ def _ask_agent(socket_path: str, key: str, timeout: float) -> tuple[str, float]:
     except OSError as exc:
         raise PluginError(f"cannot reach the nodeagent agent on {socket_path}: {exc.strerror or exc}") from None
     try:
-        answer = json.loads(b"".join(chunks))
+        answer = loads_strict(b"".join(chunks))
     except ValueError:
         raise PluginError("the nodeagent agent sent an unreadable answer") from None
     if not isinstance(answer, dict):
@@ -194,7 +272,7 @@ def run(stdin: IO[str], stdout: IO[str], argv: list[str], stderr: IO[str] | None
                 options[name] = argv[i + 1]
     try:
         try:
-            request = json.loads(stdin.read(1 << 20))
+            request = loads_strict(stdin.read(1 << 20))
         except ValueError:
             raise PluginError("stdin is not a JSON CredentialProviderRequest") from None
         response = respond(request, state_dir=options["--state-dir"], socket_path=options["--socket"], now=time.time())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socketserver
 import threading
 import time
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nodeagent.ecr.plugin import CACHE_FILE, MIN_REMAINING, PUBLIC_KEY
+from nodeagent.ecr.plugin import CACHE_FILE, MIN_REMAINING, PUBLIC_KEY, is_cache_key, loads_strict
 from nodeagent.errors import NodeagentError
 from nodeagent.hostfs import HostFS
 from nodeagent.observe.logging import get_logger
@@ -38,7 +37,13 @@ __all__ = [
     "valid_key",
 ]
 
-_REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
+IDLE_KEY_TTL = 24 * 3600.0
+"""A region the plugin asked for is kept warm until nobody asked for it for a day (regions given
+with --ecr-regions always are): a node that pulled from a region once does not fetch it forever."""
+
+MAX_ASKED_KEYS = 32
+"""At most this many regions asked for by the plugin are served (AWS has about 35 regions): a
+flood of region-shaped keys on the socket cannot make the agent fetch and refresh without end."""
 
 
 class TokenError(NodeagentError):
@@ -46,8 +51,9 @@ class TokenError(NodeagentError):
 
 
 def valid_key(key: str) -> bool:
-    """A cache key is ``public`` or an AWS region name."""
-    return key == PUBLIC_KEY or bool(_REGION.match(key))
+    """A cache key is ``public`` or an AWS region name: the plugin's own rule, so a host the plugin
+    matches is never a region the agent refuses."""
+    return is_cache_key(key)
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,8 @@ class TokenManager:
         self.state_dir = state_dir
         self.min_refresh = min_refresh
         self._keys = set(keys)
+        self._configured = frozenset(keys)
+        self._asked: dict[str, float] = {}
         self._tokens: dict[str, Token] = {}
         self._failures: dict[str, Backoff] = {}
         self._retry_at: dict[str, float] = {}
@@ -164,7 +172,10 @@ class TokenManager:
     def get(self, key: str) -> Token:
         """A token with more than 15 minutes left, fetching one if needed (the plugin's miss path)."""
         with self._lock:
-            self._keys.add(key)  # a region seen once is kept warm
+            if key not in self._keys and len(self._keys - self._configured) >= MAX_ASKED_KEYS:
+                raise TokenError(f"more than {MAX_ASKED_KEYS} regions asked for; not fetching {key!r}")
+            self._keys.add(key)  # kept warm while the plugin keeps asking (IDLE_KEY_TTL)
+            self._asked[key] = self.clock()
             current = self._tokens.get(key)
             lock = self._key_locks.setdefault(key, threading.Lock())
         now = self.clock()
@@ -235,9 +246,21 @@ class TokenManager:
         half = (token.expires_at - token.fetched_at) / 2
         return token.fetched_at + max(self.min_refresh, half)
 
+    def _forget_idle(self, now: float) -> None:
+        with self._lock:
+            idle = {k for k in self._keys - self._configured if now - self._asked.get(k, now) > IDLE_KEY_TTL}
+            for key in idle:
+                self._keys.discard(key)
+                self._asked.pop(key, None)
+                self._tokens.pop(key, None)
+        if idle:
+            self.log.info("ecr_keys_idle_dropped", keys=sorted(idle))
+            self._write_cache()
+
     def refresh_due(self) -> float:
         """Refresh every key that is due; return seconds until the next one is due."""
         now = self.clock()
+        self._forget_idle(now)
         for key in sorted(self.keys):
             if self.due(key) <= now:
                 lock = self._key_locks.setdefault(key, threading.Lock())
@@ -268,12 +291,21 @@ class EcrSocketServer:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
+                try:
+                    self._answer()
+                except Exception as exc:
+                    log.error("ecr_socket_request_failed", error_type=type(exc).__name__)
+                    with contextlib.suppress(OSError):
+                        self.wfile.write(b'{"error": "internal error"}\n')
+
+            def _answer(self) -> None:
                 line = self.rfile.readline(4096)
                 try:
-                    key = json.loads(line).get("key")
+                    request = loads_strict(line)
+                    key = request.get("key") if isinstance(request, dict) else None
                     if not isinstance(key, str) or not valid_key(key):
                         raise ValueError("bad key")
-                except (ValueError, AttributeError):
+                except ValueError:
                     self.wfile.write(b'{"error": "bad request"}\n')
                     return
                 try:
