@@ -216,15 +216,16 @@ def _hosts_toml(settings: RegistrySettings, directory: str, header: str | None) 
     document = tomlkit.document()
     document.add(tomlkit.comment(MANAGED_HEADER[2:]))
     document["server"] = server
-    _tls(document, settings, directory, None)
-    hosts = tomlkit.table(is_super_table=True)
-    for url, capabilities in [*((m, _CAPABILITIES) for m in settings.mirrors), (server, [*_CAPABILITIES, "push"])]:
+    document["capabilities"] = [*_CAPABILITIES, "push"]
+    _tls(document, settings, directory, header)
+    hosts = tomlkit.table(is_super_table=bool(settings.mirrors))
+    for url in settings.mirrors:
         entry = tomlkit.table()
-        entry["capabilities"] = list(capabilities)
-        if settings.override_path and url != server:
+        entry["capabilities"] = list(_CAPABILITIES)
+        if settings.override_path:
             entry["override_path"] = True
         # The credential goes to the registry itself, and to a mirror only when its settings say so.
-        _tls(entry, settings, directory, header if url == server or url in settings.credential_mirrors else None)
+        _tls(entry, settings, directory, header if url in settings.credential_mirrors else None)
         hosts[url] = entry
     document["host"] = hosts
     return tomlkit.dumps(document).encode()
@@ -235,13 +236,15 @@ def render_hosts_files(
 ) -> tuple[dict[str, tuple[bytes, int]], list[str]]:
     """``hosts.toml`` and the certificate files next to it, as ``{host path: (bytes, mode)}``.
 
-    Each mirror is a ``[host."URL"]`` entry, tried in order, then the registry itself as the last
-    ``[host]`` entry; every entry carries the TLS settings (mirrors of a private registry usually
-    share its CA). The registry is also the ``server``, with the TLS settings at the top level for
-    that fallback. containerd 1.6 cannot parse a hosts.toml with top-level settings but no
-    ``[host]`` table ("invalid `host` tree", seen on a real pull), so there always is one. In
-    ``header`` mode the registry's Basic credential is sent as a static header on the registry's
-    entry and on the mirrors marked ``credentials = true`` (the file is then 0600).
+    Each mirror is a ``[host."URL"]`` entry, tried in order; containerd always tries the top-level
+    ``server`` last, so the registry itself is the top level (``server``, its capabilities and TLS
+    settings), never also a ``[host]`` entry (it would be tried twice). Every mirror carries the TLS
+    settings too (mirrors of a private registry usually share its CA). containerd 1.6 refuses a
+    hosts.toml without a ``host`` table ("invalid `host` tree"), so without mirrors an empty
+    ``[host]`` table is written (all checked with containerd's own loader,
+    tests/test_containerd_parsers.py). In ``header`` mode the registry's Basic credential is a
+    static header at the top level and on the mirrors marked ``credentials = true`` (the file is
+    then 0600).
     Returns the files and warnings (e.g. header mode without a usable credential).
     """
     directory = f"{root.rstrip('/')}/{settings.host}"
