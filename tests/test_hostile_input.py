@@ -21,6 +21,15 @@ from tests.conftest import FIGURES, b64
 from tests.kubelet_oracle import parse_config_json
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
+RAW_TOKENS = {
+    "@huge-int@": "1" * 5000,
+    "@nan@": "NaN",
+    "@inf@": "-Infinity",
+    "@big-float@": "1e999",
+    "@deep@": "[" * 200 + "]" * 200,
+}
+"""Placeholders the generators put in strings, replaced in the JSON text by tokens json.dumps
+cannot produce (the classes that once crashed every agent: issue 14, items 3 and 4)."""
 FOREIGN = {"auths": {"foreign.example.com": {"auth": b64("node:own")}}, "credsStore": "desktop"}
 tried = {"corpus": 0, "documents": 0, "bytes": 0}
 
@@ -98,10 +107,14 @@ def test_duplicate_keys_last_wins_like_go(host_root: Path) -> None:
 
 _hostile_text = st.one_of(
     st.text(max_size=40),
+    # lone UTF-16 surrogates: json.dumps writes them as \ud800 escapes, which json.loads accepts
+    st.text(alphabet=st.characters(categories=["Cs"]), min_size=1, max_size=3),
+    st.builds(lambda a, b: f"{a}\ud800{b}", st.text(max_size=4), st.text(max_size=4)),
+    st.sampled_from(list(RAW_TOKENS)),
     st.sampled_from(["..", "/", "\x00", "\n", '"', "'", "[", "]", "=", "\\", "{}", "%00", "a" * 3000, "é", "::1"]),
     st.builds(lambda a, b: f"{a}.example.com{b}", st.text(max_size=8), st.text(max_size=8)),
 )
-_json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), _hostile_text)
+_json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _hostile_text)
 _json = st.recursive(
     _json_scalar,
     lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(_hostile_text, children, max_size=4)),
@@ -129,12 +142,22 @@ _document = st.one_of(
 )
 
 
+def dump_hostile(document: Any) -> bytes:
+    """JSON text of a generated document, with each raw-token placeholder string replaced by a token
+    json.dumps cannot write: a 5,000-digit integer, NaN/Infinity, nesting past every limit."""
+    text = json.dumps(document)
+    for placeholder, raw in RAW_TOKENS.items():
+        text = text.replace(json.dumps(placeholder), raw)
+    return text.encode("utf-8", "surrogatepass")
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=_document)
 def test_generated_documents(document: Any, host_root: Path) -> None:
-    """Generated JSON documents with hostile keys and values are handled safely."""
+    """Generated JSON documents with hostile keys and values (surrogates, huge integers, NaN,
+    Infinity, deep nesting among them) are handled safely: rejected whole or per entry, never a crash."""
     tried["documents"] += 1
-    _check_sync(host_root, json.dumps(document).encode())
+    _check_sync(host_root, dump_hostile(document))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
