@@ -49,7 +49,8 @@ def _auth_lines(host: str, user: str, layout: str) -> str:
         return f"[plugins.{_toml_str(PLUGIN)}.registry.configs.{key}.auth]\n  username = {_toml_str(user)}\n"
     if layout == "dotted":
         return f"[plugins.{_toml_str(PLUGIN)}.registry]\n  configs.{key}.auth.username = {_toml_str(user)}\n"
-    return f"[plugins.{_toml_str(PLUGIN)}.registry]\n  configs = {{ {key} = {{ auth = {{ username = {_toml_str(user)} }} }} }}\n"
+    inline = f"{{ {key} = {{ auth = {{ username = {_toml_str(user)} }} }} }}"
+    return f"[plugins.{_toml_str(PLUGIN)}.registry]\n  configs = {inline}\n"
 
 
 @st.composite
