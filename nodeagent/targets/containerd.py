@@ -160,12 +160,19 @@ def go_toml_v1_problems(text: str) -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=4096)
+def _containerd_problems(content: bytes) -> tuple[str, ...]:
+    """go_toml_v1_problems of rendered bytes, cached: a pass checks every hosts.toml again, and the
+    rendered bytes repeat from pass to pass."""
+    try:
+        return tuple(go_toml_v1_problems(content.decode("utf-8")))
+    except DecodeError as exc:
+        return (f"rendered TOML does not parse ({exc})",)
+
+
 def _check_for_containerd(content: bytes, path: str, what: str) -> None:
     """Refuse to write TOML that containerd's own parser would reject (TargetError names it)."""
-    try:
-        problems = go_toml_v1_problems(content.decode("utf-8"))
-    except DecodeError as exc:
-        raise TargetError(path, f"{what}: rendered TOML does not parse ({exc}); not written") from None
+    problems = _containerd_problems(content)
     if problems:
         raise TargetError(path, f"{what}: containerd 1.6 could not read it ({problems[0]}); not written")
 

@@ -39,7 +39,7 @@ def _header(agent: AgentProcess) -> str | None:
     document = _toml(agent.host_root / "etc/containerd/certs.d/basic.example/hosts.toml")
     if document is None:
         return None
-    return str(document["host"]["https://basic.example"]["header"]["Authorization"])
+    return str(document["header"]["Authorization"])  # the registry is the top level of hosts.toml
 
 
 def _put(kube: FakeKube, basic_password: str, other_password: str) -> None:
