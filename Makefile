@@ -58,6 +58,9 @@ system-deps:
 	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	    else echo "missing Debian packages:$$missing (install them, or the image tests fail in CI)"; fi; \
 	fi
+	@# Go builds the tests' harness of containerd's own hosts loader (tests/harness, into .cache/).
+	@command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || \
+	    echo "Go is missing: the real-parser tests (tests/test_containerd_parsers.py) fail in CI without it"
 
 test: lint typecheck unit
 

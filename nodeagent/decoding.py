@@ -74,35 +74,50 @@ def _text(data: bytes | str) -> str:
         raise DecodeError(f"not UTF-8 (byte {exc.start})") from None
 
 
-def _where(path: list[str]) -> str:
-    shown = "/".join(json.dumps(p, ensure_ascii=True)[1:-1][:60] for p in path[:6])
-    return f" at '{shown}'" if path else ""
+_Path = tuple[str, "_Path"] | None
+"""Where a value sits: (key, parent's path), built only as cheap links; spelled out on error."""
+
+
+def _where(link: _Path) -> str:
+    parts: list[str] = []
+    while link is not None:
+        parts.append(link[0])
+        link = link[1]
+    parts.reverse()
+    shown = "/".join(json.dumps(p, ensure_ascii=True)[1:-1][:60] for p in parts[:6])
+    return f" at '{shown}'" if parts else ""
 
 
 def _walk(document: Any, *, surrogates: Surrogates, finite: bool = True) -> Any:
     """Check depth, size and strings iteratively; with ``replace``, return a copy with each lone
     surrogate replaced by U+FFFD (what Go's encoding/json does, so what the kubelet reads)."""
     nodes = 0
-    stack: list[tuple[Any, list[str]]] = [(document, [])]
+    surrogate_seen = False
+    stack: list[tuple[Any, int, _Path]] = [(document, 0, None)]
     while stack:
-        value, path = stack.pop()
+        value, depth, link = stack.pop()
         nodes += 1
         if nodes > MAX_NODES:
             raise DecodeError(f"more than {MAX_NODES} values")
-        if len(path) > MAX_DEPTH:
-            raise DecodeError(f"nested more than {MAX_DEPTH} levels{_where(path)}")
+        if depth > MAX_DEPTH:
+            raise DecodeError(f"nested more than {MAX_DEPTH} levels{_where(link)}")
         if isinstance(value, dict):
             for key, item in value.items():
-                if isinstance(key, str) and surrogates == "reject" and has_surrogate(key):
-                    raise DecodeError(f"a key holds a lone UTF-16 surrogate{_where(path)}")
-                stack.append((item, [*path, str(key)]))
+                if isinstance(key, str) and has_surrogate(key):
+                    if surrogates == "reject":
+                        raise DecodeError(f"a key holds a lone UTF-16 surrogate{_where(link)}")
+                    surrogate_seen = True
+                stack.append((item, depth + 1, (str(key), link)))
         elif isinstance(value, list):
-            stack.extend((item, [*path, str(i)]) for i, item in enumerate(value))
-        elif isinstance(value, str) and surrogates == "reject" and has_surrogate(value):
-            raise DecodeError(f"a string holds a lone UTF-16 surrogate{_where(path)}")
+            stack.extend((item, depth + 1, (str(i), link)) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            if has_surrogate(value):
+                if surrogates == "reject":
+                    raise DecodeError(f"a string holds a lone UTF-16 surrogate{_where(link)}")
+                surrogate_seen = True
         elif finite and isinstance(value, float) and not math.isfinite(value):
-            raise DecodeError(f"a number is not finite{_where(path)}")
-    return _replace_surrogates(document) if surrogates == "replace" else document
+            raise DecodeError(f"a number is not finite{_where(link)}")
+    return _replace_surrogates(document) if surrogates == "replace" and surrogate_seen else document
 
 
 def _replace_surrogates(value: Any) -> Any:

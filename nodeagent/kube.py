@@ -9,10 +9,10 @@ becomes a :class:`KubeError`; nothing else in the agent sees a client or urllib3
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from nodeagent.decoding import DecodeError, loads_json
 from nodeagent.errors import NodeagentError
 
 __all__ = ["KubeAPI", "KubeError", "KubernetesClient"]
@@ -91,7 +91,7 @@ class KubernetesClient:
             namespace,
             field_selector=f"metadata.name={name}",
         )
-        body = json.loads(response.data)
+        body = self._decode(f"list secret {namespace}/{name}", response.data)
         items = body.get("items") or []
         return (items[0] if items else None), str(body.get("metadata", {}).get("resourceVersion", ""))
 
@@ -123,11 +123,11 @@ class KubernetesClient:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if line.strip():
-                        yield json.loads(line)
+                        yield self._decode(f"watch {path}/{name}", line)
             if buffer.strip():
-                yield json.loads(buffer)
-        except json.JSONDecodeError:
-            raise KubeError(f"watch {path}/{name}", None, "undecodable event") from None
+                yield self._decode(f"watch {path}/{name}", buffer)
+        except KubeError:
+            raise
         except Exception as exc:
             raise KubeError(f"watch {path}/{name}", None, type(exc).__name__) from None
         finally:
@@ -135,7 +135,18 @@ class KubernetesClient:
 
     def get_node(self, name: str) -> dict[str, Any]:
         response = self._call(f"get node {name}", self._core.read_node, name)
-        return dict(json.loads(response.data))
+        return self._decode(f"get node {name}", response.data)
+
+    @staticmethod
+    def _decode(what: str, data: bytes) -> dict[str, Any]:
+        """An API answer through the one strict decoder; anything else than an object is a KubeError."""
+        try:
+            body = loads_json(data)
+        except DecodeError as exc:
+            raise KubeError(what, None, f"undecodable answer ({exc})") from None
+        if not isinstance(body, dict):
+            raise KubeError(what, None, "answer is not a JSON object")
+        return body
 
     def patch_node_annotations(self, name: str, annotations: dict[str, str | None]) -> None:
         from kubernetes.client import ApiException

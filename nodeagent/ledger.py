@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodeagent.decoding import loads_json
 from nodeagent.errors import InputError
 
 __all__ = ["LEDGER_VERSION", "FileRecord", "Ledger"]
@@ -92,7 +93,7 @@ class Ledger:
         if data is None:
             return cls()
         try:
-            body = json.loads(data.decode("utf-8"))
+            body = loads_json(data)
             if not isinstance(body, dict) or body.get("version") != LEDGER_VERSION:
                 raise ValueError(f"unknown ledger version (expected {LEDGER_VERSION})")
             files = body.get("files", {})
@@ -102,8 +103,8 @@ class Ledger:
                 files={str(p): FileRecord.from_json(r) for p, r in files.items()},
                 revision=str(body.get("revision", "")),
             )
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(source, f"ledger is unreadable: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # DecodeError is a ValueError
+            raise InputError(source, f"ledger is unreadable: {type(exc).__name__}: {exc}") from None
 
     def copy(self) -> Ledger:
         return Ledger.load(self.dump(), source="<copy>")
