@@ -1,7 +1,7 @@
 """The real consumers' parsers, for judging the files nodeagent writes (style.md: judge output with
 the consumer's own parser).
 
-* containerd's hosts.toml loader: ``tests/harness/containerd-hosts`` (Go, containerd v1.6.20's
+* containerd's hosts.toml loader: ``tests/harness/containerd`` (Go, containerd v1.6.20's
   ``remotes/docker/config``, the version Debian 12 ships), built from the Go module proxy into
   ``.cache/harness/`` on first use and rebuilt when its sources change;
 * containerd's config loader: Debian's ``containerd`` binary, ``containerd --config FILE config dump``.
@@ -32,27 +32,29 @@ def _missing(what: str) -> None:
     pytest.skip(f"{what} is not installed")
 
 
-def _sources_digest() -> str:
+def _sources_digest(module: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted(HARNESS.rglob("*")):
+    for path in sorted(module.rglob("*")):
         if path.is_file() and path.suffix in (".go", ".mod", ".sum"):
-            digest.update(path.relative_to(HARNESS).as_posix().encode() + b"\0" + path.read_bytes())
+            digest.update(path.relative_to(module).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def harness_binary(name: str) -> Path:
-    """Build (once per source version) and return one of the Go harness binaries."""
+def harness_binary(module_name: str, name: str) -> Path:
+    """Build (once per source version) and return one of the Go harness binaries: each consumer
+    is a Go module of its own under tests/harness/, pinned to the release it stands for."""
+    module = HARNESS / module_name
     known = ("/usr/local/go/bin/go", "/usr/lib/go/bin/go")
     go = shutil.which("go") or next((p for p in known if Path(p).exists()), None)
     if go is None:
         _missing("Go")
-    binary = CACHE / _sources_digest() / name
+    binary = CACHE / module_name / _sources_digest(module) / name
     if not binary.exists():
         binary.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GOFLAGS": (os.environ.get("GOFLAGS", "") + " -mod=readonly").strip(), "CGO_ENABLED": "0"}
         result = subprocess.run(
             [str(go), "build", "-o", str(binary), f"./{name}"],
-            cwd=HARNESS, capture_output=True, text=True, env=env, timeout=900, check=False,
+            cwd=module, capture_output=True, text=True, env=env, timeout=900, check=False,
         )  # fmt: skip
         if result.returncode != 0:
             pytest.fail(f"building the {name} harness failed:\n{result.stderr[-3000:]}")
@@ -63,7 +65,7 @@ def containerd_hosts(root: Path, host: str) -> dict[str, Any]:
     """What containerd 1.6's hosts loader makes of ``<root>/<host>/hosts.toml``: the hosts it
     would try, in order, and the errors it logged (an unparseable file is ignored, not fatal)."""
     result = subprocess.run(
-        [str(harness_binary("containerd-hosts")), str(root), host],
+        [str(harness_binary("containerd", "containerd-hosts")), str(root), host],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     return dict(json.loads(result.stdout))

@@ -278,3 +278,39 @@ def test_kubeadm_preset_on_a_fresh_node_creates_the_config_directory(host_root: 
     sync(HostFS(host_root), _provider_settings(host_root, config), [], hold_all=True)
     directory = host_root / config.lstrip("/")
     assert (True, ["nodeagent-ecr.yaml"]) == (directory.is_dir(), sorted(p.name for p in directory.iterdir()))
+
+
+# -- 11. one containerd quirk never fails the whole pass ------------------------------------------------
+@pytest.mark.parametrize(
+    "quirk",
+    ["symlinked-config", "relative-config-path", "dotdot-config-path"],
+)
+def test_containerd_quirk_leaves_containerd_alone_and_writes_config_json(
+    host_root: Path, tmp_path: Path, quirk: str
+) -> None:
+    """A symlinked config.toml, or a relative or '..' config_path: containerd is reported and left
+    alone; the kubelet's config.json is still written and the pass does not fail."""
+    containerd = host_root / "etc/containerd"
+    containerd.mkdir(parents=True)
+    config_path = {"relative-config-path": "certs.d", "dotdot-config-path": "/etc/containerd/../../tmp"}.get(
+        quirk, "/etc/containerd/certs.d"
+    )
+    text = f'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "{config_path}"\n'
+    if quirk == "symlinked-config":
+        real = tmp_path / "real-config.toml"
+        real.write_text(text)
+        (containerd / "config.toml").symlink_to(real)
+    else:
+        (containerd / "config.toml").write_text(text)
+    registries = parse_registry_settings(b'[registries."r.example"]\nskip_verify = true\n', source="r")
+    report = sync(
+        HostFS(host_root),
+        _settings(host_root, auth=False),
+        _sources({"r.example": {"auth": b64("u:p")}}),
+        registry_settings=registries,
+    )
+    assert (["r.example"], ["/etc/containerd/config.toml"]) == (
+        list(_kubelet_auths(host_root)),
+        [p.source for p in report.conflicts],
+    )
+    assert not (host_root / "tmp").exists() and not (containerd / "certs.d").exists()

@@ -1,4 +1,4 @@
-module github.com/nodeagent/nodeagent/tests/harness
+module github.com/nodeagent/nodeagent/tests/harness/containerd
 
 go 1.23
 
