@@ -4,7 +4,9 @@ the consumer's own parser).
 * containerd's hosts.toml loader: ``tests/harness/containerd`` (Go, containerd v1.6.20's
   ``remotes/docker/config``, the version Debian 12 ships), built from the Go module proxy into
   ``.cache/harness/`` on first use and rebuilt when its sources change;
-* containerd's config loader: Debian's ``containerd`` binary, ``containerd --config FILE config dump``.
+* containerd's config loader: Debian's ``containerd`` binary, ``containerd --config FILE config dump``;
+* the kubelet's credential code: ``tests/harness/kubelet`` (Go, k8s.io/kubernetes v1.34.4's
+  ``pkg/credentialprovider`` keyring and ``plugin`` manager), built the same way.
 
 A missing prerequisite (Go, containerd) fails under ``CI`` and skips elsewhere.
 """
@@ -81,3 +83,31 @@ def containerd_config_dump(config: Path) -> subprocess.CompletedProcess[str]:
         [str(binary), "--config", str(config), "config", "dump"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+
+
+def _kubelet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(harness_binary("kubelet", "kubelet-credentials")), *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def kubelet_lookup(root_dir: Path, image: str) -> list[tuple[str, str]]:
+    """The (username, password) pairs the kubelet 1.34's own keyring returns for ``image`` from the
+    config.json it would read with ``--root-dir root_dir``, in its order."""
+    result = _kubelet("lookup", "--root-dir", str(root_dir), image)
+    assert 0 == result.returncode, result.stderr[-500:]
+    return [(c["username"], c["password"]) for c in json.loads(result.stdout)["credentials"]]
+
+
+def kubelet_check_provider_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """Whether the kubelet 1.34 would load a CredentialProviderConfig (exit 0), else its error."""
+    return _kubelet("check-provider-config", str(path))
+
+
+def kubelet_provide(config: Path, bin_dir: Path, image: str) -> list[tuple[str, str]]:
+    """The credentials the kubelet 1.34's plugin manager gets for ``image`` by running the
+    configured plugins as the kubelet does."""
+    result = _kubelet("provide", "--config", str(config), "--bin-dir", str(bin_dir), image)
+    assert 0 == result.returncode, result.stderr[-500:]
+    return [(c["username"], c["password"]) for c in json.loads(result.stdout)["credentials"]]

@@ -29,6 +29,7 @@ __all__ = [
     "ProviderRender",
     "match_images",
     "plugin_bytes",
+    "provider_config_problem",
     "render_plugin",
     "render_provider_config",
 ]
@@ -113,7 +114,58 @@ def _load(current: bytes, path: str, fmt: str) -> dict[str, Any]:
         raise TargetError(path, "the existing CredentialProviderConfig has an unknown apiVersion")
     if not isinstance(document.get("providers", []), list):
         raise TargetError(path, "the existing 'providers' is not a list")
+    problem = provider_config_problem(document)
+    if problem is not None:
+        raise TargetError(path, f"the kubelet would refuse this CredentialProviderConfig ({problem}); not changed")
     return document
+
+
+_CONFIG_FIELDS = frozenset({"apiVersion", "kind", "providers"})
+_PROVIDER_FIELDS = frozenset(
+    {"name", "matchImages", "defaultCacheDuration", "apiVersion", "args", "env", "tokenAttributes"}
+)
+_ENV_FIELDS = frozenset({"name", "value"})
+_TOKEN_FIELDS = frozenset(
+    {
+        "serviceAccountTokenAudience",
+        "cacheType",
+        "requireServiceAccount",
+        "requiredServiceAccountAnnotationKeys",
+        "optionalServiceAccountAnnotationKeys",
+    }
+)
+
+
+def provider_config_problem(document: dict[str, Any]) -> str | None:
+    """Why the kubelet (1.34) would refuse a CredentialProviderConfig at start, for the classes a
+    merge could carry along: unknown fields (its decoder is strict), ``tokenAttributes`` under a
+    plugin apiVersion other than v1, duplicate provider names. None when none applies. A model for
+    run time, compared with the kubelet's own loader in tests/test_kubelet_real.py."""
+    unknown = sorted(set(document) - _CONFIG_FIELDS)
+    if unknown:
+        return f"unknown field {unknown[0]!r}"
+    names: set[str] = set()
+    for index, provider in enumerate(document.get("providers") or []):
+        if not isinstance(provider, dict):
+            return f"providers[{index}] is not an object"
+        unknown = sorted(set(provider) - _PROVIDER_FIELDS)
+        if unknown:
+            return f"unknown field 'providers[{index}].{unknown[0]}'"
+        for env in provider.get("env") or []:
+            if not isinstance(env, dict) or set(env) - _ENV_FIELDS:
+                return f"providers[{index}].env has an entry with fields other than name and value"
+        tokens = provider.get("tokenAttributes")
+        if tokens is not None:
+            if not isinstance(tokens, dict) or set(tokens) - _TOKEN_FIELDS:
+                return f"providers[{index}].tokenAttributes has unknown fields"
+            if provider.get("apiVersion") != PROVIDER_API_VERSION:
+                return f"providers[{index}].tokenAttributes needs apiVersion {PROVIDER_API_VERSION}"
+        name = provider.get("name")
+        if isinstance(name, str):
+            if name in names:
+                return f"provider name {name!r} is given twice"
+            names.add(name)
+    return None
 
 
 def render_provider_config(

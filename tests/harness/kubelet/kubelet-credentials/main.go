@@ -1,0 +1,158 @@
+// kubelet-credentials runs the kubelet's own credential code (k8s.io/kubernetes v1.34.4,
+// pkg/credentialprovider and pkg/credentialprovider/plugin), so tests judge nodeagent's files
+// and plugins with what the kubelet really does rather than with a model written here.
+//
+//	lookup --root-dir DIR IMAGE
+//	    the credentials the kubelet's keyring returns for IMAGE, in its order, from the
+//	    config.json it reads with --root-dir DIR (its own search order and parser; HOME and the
+//	    working directory point at empty directories), after its image-name normalisation
+//	provide --config FILE --bin-dir DIR [--service-account NS/NAME --token JWT] IMAGE
+//	    the same through the kubelet's plugin manager: strict config load and validation, exec
+//	    of the plugin with the config's args and env, response decoding and cache
+//	check-provider-config FILE
+//	    exit 0 when the kubelet would load the file, 1 with the kubelet's own error otherwise
+//
+// Output: {"image": normalised, "credentials": [{"username", "password"}...]} on stdout.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/kubernetes/pkg/credentialprovider"
+	"k8s.io/kubernetes/pkg/credentialprovider/plugin"
+	"k8s.io/kubernetes/pkg/util/parsers"
+	"sigs.k8s.io/yaml"
+)
+
+type credential struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+func fail(code int, format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+	os.Exit(code)
+}
+
+// isolate points HOME and the working directory at empty directories, so the kubelet's search
+// order finds only what the test put under --root-dir.
+func isolate() {
+	empty, err := os.MkdirTemp("", "kubelet-credentials-")
+	if err != nil {
+		fail(2, "%v", err)
+	}
+	os.Setenv("HOME", empty)
+	if err := os.Chdir(empty); err != nil {
+		fail(2, "%v", err)
+	}
+}
+
+func printLookup(keyring credentialprovider.DockerKeyring, image string) {
+	repo, _, _, err := parsers.ParseImageName(image)
+	if err != nil {
+		fail(1, "image: %v", err)
+	}
+	found, _ := keyring.Lookup(repo)
+	out := []credential{}
+	for _, c := range found {
+		out = append(out, credential{Username: c.Username, Password: c.Password})
+	}
+	body, _ := json.Marshal(map[string]any{"image": repo, "credentials": out})
+	fmt.Println(string(body))
+}
+
+// stubBinDir makes a bin dir with an executable stub for every provider name the file lists, so
+// check-provider-config judges the config alone.
+func stubBinDir(config string) string {
+	dir, err := os.MkdirTemp("", "kubelet-credentials-bin-")
+	if err != nil {
+		fail(2, "%v", err)
+	}
+	data, err := os.ReadFile(config)
+	if err != nil {
+		fail(1, "%v", err)
+	}
+	var loose struct {
+		Providers []struct {
+			Name string `json:"name"`
+		} `json:"providers"`
+	}
+	_ = yaml.Unmarshal(data, &loose)
+	for _, p := range loose.Providers {
+		if p.Name == "" || strings.ContainsAny(p.Name, "/\x00") {
+			continue
+		}
+		_ = os.WriteFile(filepath.Join(dir, p.Name), []byte("#!/bin/sh\nexit 1\n"), 0o755)
+	}
+	return dir
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fail(2, "usage: kubelet-credentials lookup|provide|check-provider-config ...")
+	}
+	flags := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	rootDir := flags.String("root-dir", "", "the kubelet's --root-dir")
+	config := flags.String("config", "", "a CredentialProviderConfig file")
+	binDir := flags.String("bin-dir", "", "the kubelet's --image-credential-provider-bin-dir")
+	serviceAccount := flags.String("service-account", "", "NAMESPACE/NAME of the pod's service account")
+	token := flags.String("token", "", "the service account token the kubelet would pass")
+	annotations := flags.String("annotations", "{}", "the service account's annotations (JSON)")
+	_ = flags.Parse(os.Args[2:])
+	args := flags.Args()
+
+	switch os.Args[1] {
+	case "lookup":
+		if *rootDir == "" || len(args) != 1 {
+			fail(2, "usage: lookup --root-dir DIR IMAGE")
+		}
+		isolate()
+		credentialprovider.SetPreferredDockercfgPath(*rootDir)
+		printLookup(credentialprovider.NewDefaultDockerKeyring(), args[0])
+	case "check-provider-config":
+		if len(args) != 1 {
+			fail(2, "usage: check-provider-config FILE")
+		}
+		err := plugin.RegisterCredentialProviderPlugins(args[0], stubBinDir(args[0]), nil, nil)
+		if err != nil {
+			fail(1, "%v", err)
+		}
+	case "provide":
+		if *config == "" || *binDir == "" || len(args) != 1 {
+			fail(2, "usage: provide --config FILE --bin-dir DIR [--service-account NS/NAME --token JWT] IMAGE")
+		}
+		namespace, name, _ := strings.Cut(*serviceAccount, "/")
+		var saAnnotations map[string]string
+		if err := json.Unmarshal([]byte(*annotations), &saAnnotations); err != nil {
+			fail(2, "--annotations: %v", err)
+		}
+		getToken := func(ns, n string, tr *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error) {
+			if *token == "" {
+				return nil, fmt.Errorf("no --token given")
+			}
+			tr.Status = authenticationv1.TokenRequestStatus{Token: *token}
+			return tr, nil
+		}
+		getServiceAccount := func(ns, n string) (*v1.ServiceAccount, error) {
+			return &v1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+				Namespace: ns, Name: n, UID: "11111111-2222-3333-4444-555555555555", Annotations: saAnnotations,
+			}}, nil
+		}
+		isolate()
+		if err := plugin.RegisterCredentialProviderPlugins(*config, *binDir, getToken, getServiceAccount); err != nil {
+			fail(1, "%v", err)
+		}
+		keyring := plugin.NewExternalCredentialProviderDockerKeyring(namespace, "pod", "pod-uid", name)
+		printLookup(keyring, args[0])
+	default:
+		fail(2, "unknown command %q", os.Args[1])
+	}
+}
