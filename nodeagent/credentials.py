@@ -176,8 +176,8 @@ def _parse_entry(key: str, value: Any, source: str) -> tuple[RegistryCredential,
     fields: dict[str, str] = {}
     for name, item in value.items():
         canonical = name.lower()
-        if canonical not in _STRING_FIELDS:
-            continue
+        if canonical not in _STRING_FIELDS or item is None:
+            continue  # null: Go (the kubelet) decodes it into a string as empty, so it is absent
         if not isinstance(item, str):
             raise ValueError(f"field '{canonical}' is not a string")
         if has_surrogate(item):

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from typing import Any
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nodeagent.keyring import image_registry_path, is_docker_hub_image, lookup, url_matches
+from nodeagent.registries import InvalidRegistry
 
 
 @pytest.mark.parametrize(
@@ -76,3 +83,46 @@ def test_providers_matched() -> None:
 def test_image_registry_path(image: str, path: str) -> None:
     """Tags and digests are dropped; ports are kept."""
     assert path == image_registry_path(image)
+
+
+# -- the model against the kubelet's own keyring (tests/harness/kubelet) -------------------------------
+_HOSTS = ["registry.example.com", "Registry.Example.com", "registry.example.com:5000", "docker.io", "index.docker.io",
+          "[::1]:5000", "[::1]", "127.0.0.1:5000", "localhost:5000", "*.example.com", "ghcr.io"]  # fmt: skip
+_KEY_FORMS = ["{h}", "https://{h}", "http://{h}/v2/", "https://{h}/v1/", "{h}/team", "{h}/team/app", "{h}/teamx"]
+_IMAGES = ["nginx", "library/nginx", "foo/bar:1", "docker.io/library/nginx", "index.docker.io/foo/bar",
+           "registry.example.com/team/app:1", "Registry.Example.com/team/app", "registry.example.com:5000/app",
+           "a.example.com/team/app@sha256:" + "0" * 64, "[::1]:5000/app", "[::1]/app", "127.0.0.1:5000/team/x",
+           "localhost:5000/team/app", "ghcr.io/team/app:v1"]  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    keys=st.lists(
+        st.builds(lambda form, host: form.format(h=host), st.sampled_from(_KEY_FORMS), st.sampled_from(_HOSTS)),
+        min_size=1, max_size=6,
+    ),
+    image=st.sampled_from(_IMAGES),
+)  # fmt: skip
+def test_lookup_model_agrees_with_the_kubelet(tmp_path_factory: Any, keys: list[str], image: str) -> None:
+    """doctor's keyring model returns the same credentials, in the same order, as the kubelet's
+    own keyring for the same config.json and image."""
+    from nodeagent.keyring import kubelet_key
+    from tests.real_parsers import kubelet_lookup
+
+    unique: dict[str, str] = {}
+    for key in keys:
+        try:
+            unique.setdefault(kubelet_key(key), key)  # one raw key per indexed key: Go's order among
+        except InvalidRegistry:  # raw keys that index alike follows map iteration (random)
+            continue
+    if not unique:
+        return
+    creds = {key: (f"user{i}", f"pw{i}") for i, key in enumerate(unique.values())}
+    root = tmp_path_factory.mktemp("kubelet")
+    (root / "config.json").write_text(
+        json.dumps(
+            {"auths": {k: {"auth": base64.b64encode(f"{u}:{p}".encode()).decode()} for k, (u, p) in creds.items()}}
+        )
+    )
+    matches, _ = lookup(image, list(creds))
+    assert kubelet_lookup(root, image) == [creds[m.key] for m in matches]

@@ -153,3 +153,34 @@ def test_provider_config_refusals_match_the_kubelet(tmp_path: Path, case: str, f
     result = kubelet_check_provider_config(path)
     assert 0 == result.returncode, result.stderr
     assert PLUGIN_NAME in path.read_text()
+
+
+NODE_FILES = {
+    "valid": {"auths": {"other.example": {"auth": b64("o:p")}}},
+    "null-email": {"auths": {"other.example": {"auth": b64("o:p"), "email": None}}},
+    "null-username": {"auths": {"other.example": {"username": None, "password": "p"}}},
+    "number-password": {"auths": {"other.example": {"username": "u", "password": 7}}},
+    "undecodable-auth": {"auths": {"other.example": {"auth": "%%%"}}},
+    "auth-without-colon": {"auths": {"other.example": {"auth": b64("nocolon")}}},
+    "auths-not-object": {"auths": []},
+    "headers-not-strings": {"auths": {}, "HttpHeaders": {"X": 1}},
+    "upper-case-field": {"auths": {"other.example": {"AUTH": "%%%"}}},
+    "unknown-fields": {"auths": {"other.example": {"auth": b64("o:p"), "extra": [1, {"a": None}]}}, "x": True},
+}
+
+
+@pytest.mark.parametrize("case", sorted(NODE_FILES))
+def test_kubelet_file_rules_match_the_kubelet(tmp_path: Path, case: str) -> None:
+    """The agent refuses to write a config.json (kubelet_problems) exactly when the kubelet would
+    ignore the whole file: the kubelet finds no credential in a file it rejects."""
+    from nodeagent.targets.kubelet import kubelet_problems
+
+    document = {**NODE_FILES[case]}
+    document.setdefault("auths", {})
+    if isinstance(document["auths"], dict):
+        document["auths"] = {**document["auths"], "probe.example": {"auth": b64("probe:pw")}}
+    (tmp_path / "config.json").write_text(json.dumps(document))
+    kubelet_reads = [("probe", "pw")] == kubelet_lookup(tmp_path, "probe.example/app:1")
+    checked["lookups"] += 1
+    _record()
+    assert kubelet_reads == (not kubelet_problems(document))

@@ -75,6 +75,8 @@ def _entry_problem(entry: Any) -> str | None:
     auth = ""
     for name, value in entry.items():
         if name.lower() in _KUBELET_FIELDS:
+            if value is None:
+                continue  # Go decodes null into a string as "leave it empty"
             if not isinstance(value, str):
                 return f"field '{safe_key(name)}' is not a string"
             if name.lower() == "auth":
