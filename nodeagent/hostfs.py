@@ -96,12 +96,14 @@ class HostFS:
             raise HostFSError(host_path, f"cannot open the host root: {_describe(exc)}") from exc
         created: list[str] = []
         walked = ""
+        components = self._components(real_dir)
         try:
-            for part in self._components(real_dir):
+            for depth, part in enumerate(components, start=1):
                 walked += "/" + part
                 if create is not None:
                     try:
-                        os.mkdir(part, create, dir_fd=fd)
+                        # parents get the usual 0755 (as os.makedirs gives them); only the leaf gets ``create``
+                        os.mkdir(part, create if depth == len(components) else 0o755, dir_fd=fd)
                         created.append(walked)
                     except FileExistsError:
                         pass

@@ -149,3 +149,10 @@ def test_state_dir_pointed_at_a_shared_directory_keeps_its_mode(host_root: Path)
     settings = SyncSettings(host_root=str(host_root), state_dir="/etc")
     sync(HostFS(host_root), settings, [parse_docker_config(docker_config({"r.example": ("u", "p")}), source="s")])
     assert (0o755, True) == (stat.S_IMODE(shared.stat().st_mode), (shared / "state.json").exists())
+
+
+def test_parents_of_a_private_directory_are_not_made_private(host_root: Path) -> None:
+    """Creating a private directory creates its missing parents 0755, as os.makedirs does."""
+    HostFS(host_root).ensure_dir("/run/nodeagent/sub", mode=0o700, private=True)
+    modes = [stat.S_IMODE((host_root / p).stat().st_mode) for p in ("run", "run/nodeagent", "run/nodeagent/sub")]
+    assert [0o755, 0o755, 0o700] == modes
