@@ -111,3 +111,124 @@ def kubelet_provide(config: Path, bin_dir: Path, image: str) -> list[tuple[str, 
     result = _kubelet("provide", "--config", str(config), "--bin-dir", str(bin_dir), image)
     assert 0 == result.returncode, result.stderr[-500:]
     return [(c["username"], c["password"]) for c in json.loads(result.stdout)["credentials"]]
+
+
+class RealAPIServer:
+    """kube-apiserver and etcd of k8s 1.34.4 (tests/harness/kubelet), on 127.0.0.1, with RBAC, the
+    Node authorizer, ServiceAccount tokens and a static admin token; ``request`` speaks to it."""
+
+    ADMIN_TOKEN = "admin-test-token"
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+
+        self.dir = directory
+        ports = []
+        for _ in range(3):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                ports.append(probe.getsockname()[1])
+        self.etcd_url, self.port = f"http://127.0.0.1:{ports[0]}", ports[2]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> RealAPIServer:
+        import ssl
+        import time
+        import urllib.request
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (self.dir / "sa.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        (self.dir / "sa.pub").write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        (self.dir / "tokens.csv").write_text(f"{self.ADMIN_TOKEN},admin,admin,system:masters\n")
+        etcd, apiserver = harness_binary("kubelet", "etcd"), harness_binary("kubelet", "kube-apiserver")
+        log = (self.dir / "etcd.log").open("wb")
+        self.procs.append(subprocess.Popen([str(etcd), str(self.dir / "etcd"), self.etcd_url, self._peer()],
+                                           stdout=log, stderr=log))  # fmt: skip
+        log = (self.dir / "kube-apiserver.log").open("wb")
+        self.procs.append(subprocess.Popen([
+            str(apiserver), f"--etcd-servers={self.etcd_url}", "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1", f"--secure-port={self.port}", f"--cert-dir={self.dir / 'certs'}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={self.dir / 'sa.pub'}",
+            f"--service-account-signing-key-file={self.dir / 'sa.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=Node,RBAC",
+            f"--token-auth-file={self.dir / 'tokens.csv'}",
+        ], stdout=log, stderr=log))  # fmt: skip
+        context = ssl._create_unverified_context()  # noqa: S323 - the test server's self-signed certificate
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                request = urllib.request.Request(f"{self.url}/readyz", headers=self._auth(self.ADMIN_TOKEN))  # noqa: S310
+                with urllib.request.urlopen(request, context=context, timeout=5) as response:  # noqa: S310
+                    if response.read() == b"ok":
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                self.stop()
+                tail = (self.dir / "kube-apiserver.log").read_text(errors="replace")[-2000:]
+                pytest.fail(f"kube-apiserver did not become ready:\n{tail}")
+            time.sleep(0.5)
+
+    def _peer(self) -> str:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+    @staticmethod
+    def _auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        """One API call (as admin unless ``token``): (status, decoded JSON body)."""
+        import ssl
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {**self._auth(token or self.ADMIN_TOKEN), "Content-Type": content_type}
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)  # noqa: S310
+        context = ssl._create_unverified_context()  # noqa: S323
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=30) as response:  # noqa: S310
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def kubeconfig(self, path: Path, token: str) -> Path:
+        """A kubeconfig for ``token`` (the server's certificate is self-signed: not verified)."""
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "t",
+            "clusters": [{"name": "t", "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}],
+            "users": [{"name": "t", "user": {"token": token}}],
+            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+        }))  # fmt: skip
+        return path
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -1,0 +1,176 @@
+"""The chart's RBAC and Node policy, and the real agent, against a real kube-apiserver (k8s 1.34.4,
+built from the Go module proxy by tests/harness/kubelet, with etcd): the chart's objects are
+rendered by the Helm engine and created in the server; the agent runs with only a token of the
+chart's ServiceAccount (TokenRequest, bound to a Pod on a Node, as the kubelet would get it)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import b64
+from tests.integration.conftest import AgentProcess, wait_for
+from tests.real_parsers import RealAPIServer
+from tests.test_chart import render
+
+NS = "nodeagent"
+COLLECTIONS = {
+    "Namespace": "/api/v1/namespaces",
+    "Node": "/api/v1/nodes",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
+    "Pod": "/api/v1/namespaces/{ns}/pods",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
+}
+
+
+@pytest.fixture(scope="module")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealAPIServer]:
+    server = RealAPIServer(tmp_path_factory.mktemp("kube")).start()
+    yield server
+    server.stop()
+
+
+def _create(server: RealAPIServer, obj: dict[str, Any]) -> dict[str, Any]:
+    namespace = obj.get("metadata", {}).get("namespace", NS)
+    status, body = server.request("POST", COLLECTIONS[obj["kind"]].format(ns=namespace), obj)
+    assert status in (200, 201), body
+    return dict(body)
+
+
+def _secret(name: str, password: str) -> dict[str, Any]:
+    config = {"auths": {"registry.example.com": {"auth": b64(f"puller:{password}")}}}
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": name, "namespace": NS},
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chart_token(apiserver: RealAPIServer) -> str:
+    """The chart (annotations and events on) installed in the real server, two Nodes, a Pod of the
+    agent's ServiceAccount bound to node-a, and a token for it bound to that Pod."""
+    _create(apiserver, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    values = {"secrets": [{"name": "central"}], "annotations": {"enabled": True}, "events": {"enabled": True}}
+    objects = [o for o in render(values) if o["kind"] in COLLECTIONS]
+    for obj in objects:
+        _create(apiserver, obj)
+    for name in ("node-a", "node-b"):
+        _create(apiserver, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"pool": "x"}}})
+    _create(apiserver, _secret("central", "SENTINEL-real-1"))
+    _create(apiserver, _secret("other", "SENTINEL-not-granted"))
+    (account,) = [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"]
+    pod = _create(apiserver, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-a", "namespace": NS},
+        "spec": {"serviceAccountName": account, "nodeName": "node-a",
+                 "containers": [{"name": "agent", "image": "example/nodeagent:test"}]},
+    })  # fmt: skip
+    status, body = apiserver.request(
+        "POST",
+        f"/api/v1/namespaces/{NS}/serviceaccounts/{account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "agent-a",
+                                     "uid": pod["metadata"]["uid"]}, "expirationSeconds": 3600}},
+    )  # fmt: skip
+    assert 201 == status, body
+    return str(body["status"]["token"])
+
+
+def _patch_node(server: RealAPIServer, node: str, metadata: dict[str, Any], token: str) -> int:
+    status, _ = server.request(
+        "PATCH",
+        f"/api/v1/nodes/{node}",
+        {"metadata": metadata},
+        token=token,
+        content_type="application/merge-patch+json",
+    )
+    return status
+
+
+def test_chart_grants_exactly_its_secrets(apiserver: RealAPIServer, chart_token: str) -> None:
+    """The chart's token reads the Secret it names, and is refused (403) any other Secret and a
+    cluster-wide list."""
+    assert (200, 403, 403) == (
+        apiserver.request("GET", f"/api/v1/namespaces/{NS}/secrets/central", token=chart_token)[0],
+        apiserver.request("GET", f"/api/v1/namespaces/{NS}/secrets/other", token=chart_token)[0],
+        apiserver.request("GET", "/api/v1/secrets", token=chart_token)[0],
+    )
+
+
+def test_node_policy_fences_the_node_patch(apiserver: RealAPIServer, chart_token: str) -> None:
+    """With the chart's ValidatingAdmissionPolicy the agent's token may set nodeagent.io/*
+    annotations on its own Node only: labels, foreign annotations and other Nodes are refused."""
+    # The policy takes effect once the server's policy informer has it: probe with a foreign
+    # annotation whose value changes each time (an unchanged value would be no change at all).
+    probes = iter(range(10_000))
+    wait_for(
+        lambda: (
+            _patch_node(apiserver, "node-b", {"annotations": {"probe.io/n": str(next(probes))}}, chart_token) != 200
+        ),
+        "policy active",
+        timeout=60,
+    )
+    assert (200, 422, 422, 422) == (
+        _patch_node(apiserver, "node-a", {"annotations": {"nodeagent.io/credentials-revision": "r1"}}, chart_token),
+        _patch_node(apiserver, "node-a", {"labels": {"pool": "hijacked"}}, chart_token),
+        _patch_node(apiserver, "node-a", {"annotations": {"other.io/x": "y"}}, chart_token),
+        _patch_node(apiserver, "node-b", {"annotations": {"nodeagent.io/credentials-revision": "r1"}}, chart_token),
+    )
+    _, node = apiserver.request("GET", "/api/v1/nodes/node-a")
+    assert "x" == node["metadata"]["labels"]["pool"]
+
+
+def test_agent_with_the_chart_token(apiserver: RealAPIServer, chart_token: str, tmp_path: Path) -> None:
+    """The real agent with only the chart's token: first sync, a rotation, and its Node annotation
+    and Events landing through the real RBAC and policy."""
+    host_root = tmp_path / "host"
+    (host_root / "var/lib/kubelet").mkdir(parents=True)
+    kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig.json", chart_token)
+    log_path = tmp_path / "agent.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEAGENT_", "KUBERNETES_"))}
+    cmd = [sys.executable, "-m", "nodeagent", "run", "--host-root", str(host_root), "--listen", "127.0.0.1:0",
+           "--log-format", "json", "--node-name", "node-a", "--kubeconfig", str(kubeconfig),
+           "--secret", f"{NS}/central"]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    agent = AgentProcess(host_root, log_path, proc)
+    try:
+        wait_for(lambda: agent.passwords() == {"registry.example.com": "SENTINEL-real-1"}, "first sync", timeout=60)
+        status, _ = apiserver.request(
+            "PUT", f"/api/v1/namespaces/{NS}/secrets/central", _secret("central", "SENTINEL-real-2")
+        )
+        assert 200 == status
+        wait_for(lambda: agent.passwords() == {"registry.example.com": "SENTINEL-real-2"}, "rotation", timeout=60)
+
+        def annotated() -> bool:
+            node = apiserver.request("GET", "/api/v1/nodes/node-a")[1]
+            revision = node["metadata"].get("annotations", {}).get("nodeagent.io/credentials-revision")
+            return bool(revision) and revision == agent.events("sync_done")[-1]["revision"]
+
+        wait_for(annotated, "the rotated revision annotated on node-a", timeout=60)
+        events = wait_for(
+            lambda: [e for e in apiserver.request("GET", "/api/v1/namespaces/default/events")[1]["items"]
+                     if e["reason"] == "CredentialsSynced"],
+            "CredentialsSynced event",
+            timeout=60,
+        )  # fmt: skip
+        assert "node-a" == events[0]["involvedObject"]["name"]
+        assert [] == agent.events("annotate_failed") + agent.events("watch_forbidden")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "SENTINEL" not in log_path.read_text()  # no password of either Secret in the log
