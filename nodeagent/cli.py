@@ -528,7 +528,13 @@ def _cmd_run(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     agent = Agent(settings, api=api, redactor=redactor)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.shutdown())
-    return agent.run()
+    code = agent.run()
+    # The watchers are daemon threads, often blocked in a long watch read; one that logs while the
+    # interpreter finalises can abort the process (SIGABRT: stderr's lock held at shutdown, seen in
+    # CI). Every file is fsync'ed and the agent has stopped: end without interpreter finalisation.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -114,6 +114,8 @@ class _Watcher(threading.Thread):
             except Exception as exc:
                 # A bug or an input no parser anticipated: say so, back off and list again; the
                 # thread never dies of it (a dead watcher would stop rotation on every node).
+                if self.stop.is_set():
+                    return  # shutting down: whatever failed, nothing is to be reported or retried
                 self.watching = False
                 delay = self._backoff.next()
                 self.log.error("watch_crashed", error_type=type(exc).__name__, retry_in_s=round(delay, 2))
