@@ -84,6 +84,8 @@ def _where(link: _Path) -> str:
         parts.append(link[0])
         link = link[1]
     parts.reverse()
+    # a key with user info ("https://robot:pw@host") must not carry its password into a message
+    parts = ["***@" + p.rsplit("@", 1)[1] if "@" in p else p for p in parts]
     shown = "/".join(json.dumps(p, ensure_ascii=True)[1:-1][:60] for p in parts[:6])
     return f" at '{shown}'" if parts else ""
 

@@ -314,3 +314,13 @@ def test_containerd_quirk_leaves_containerd_alone_and_writes_config_json(
         [p.source for p in report.conflicts],
     )
     assert not (host_root / "tmp").exists() and not (containerd / "certs.d").exists()
+
+
+def test_decode_errors_never_show_user_info_of_a_key() -> None:
+    """A decoding error located under a key with user:password@ names the key without the password."""
+    data = b'{"auths": {"https://robot:s3cr3t-pw@r.example": {"auth": "x\\ud800"}}}'
+    from nodeagent.decoding import DecodeError, loads_json
+
+    with pytest.raises(DecodeError) as caught:
+        loads_json(data)
+    assert ("s3cr3t-pw" in str(caught.value), "r.example" in str(caught.value)) == (False, True)
