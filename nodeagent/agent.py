@@ -132,6 +132,8 @@ class Agent:
         self._node_labels: dict[str, str] | None = None
         self._status = _Status()
         self._watchers: list[Any] = []
+        self._background: list[threading.Thread] = []
+        """Other threads the agent cannot work without (the ECR token refresher)."""
         self.tokens: TokenManager | None = None
         self._events = (
             EventRecorder(api=api, node_name=settings.node_name, namespace=settings.event_namespace)
@@ -273,7 +275,8 @@ class Agent:
         """Labels of source watchers whose thread has ended while the agent runs."""
         if self.stop.is_set():
             return []
-        return [w.label for w in self._watchers if not (w.watching if isinstance(w, FileWatcher) else w.is_alive())]
+        dead = [w.label for w in self._watchers if not (w.watching if isinstance(w, FileWatcher) else w.is_alive())]
+        return dead + [t.name for t in self._background if not t.is_alive()]
 
     def ready(self) -> tuple[bool, str]:
         if not self._status.first_sync_done:
@@ -409,7 +412,9 @@ class Agent:
             hostfs=HostFS(self.settings.sync.host_root), socket_path=socket_path, manager=self.tokens
         )
         server.start()
-        threading.Thread(target=self.tokens.run, args=(self.stop,), daemon=True, name="ecr-tokens").start()
+        refresher = threading.Thread(target=self.tokens.run, args=(self.stop,), daemon=True, name="ecr-tokens")
+        self._background.append(refresher)
+        refresher.start()
         self.log.info("ecr_started", keys=sorted(set(keys)), socket=socket_path)
         return server
 

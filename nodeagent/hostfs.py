@@ -223,8 +223,6 @@ class HostFS:
             fd, created = self._open_dir(host_path, self.real_path(host_path), create=mode)
         except FileNotFoundError as exc:
             raise HostFSError(host_path, "cannot create directory: a parent vanished") from exc
-        except HostFSError:
-            raise
         except OSError as exc:
             raise HostFSError(host_path, f"cannot create directory: {_describe(exc)}") from exc
         try:

@@ -37,6 +37,7 @@ from nodeagent.hostfs import HostFS
 from nodeagent.ledger import FileRecord, Ledger
 from nodeagent.registry_settings import SettingsLoad
 from nodeagent.targets.containerd import CONFIG_TARGET as CONTAINERD_CONFIG_TARGET
+from nodeagent.targets.containerd import HOSTS_TARGET as CONTAINERD_HOSTS_TARGET
 from nodeagent.targets.containerd import plan_containerd
 from nodeagent.targets.kubelet import render_kubelet_config
 from nodeagent.targets.provider import (
@@ -318,10 +319,10 @@ def _provider_backup(
         return [FileChange(backup, hostfs.read(backup), current, 0o600)], render.content
     if record is None or not record.backup:
         return [], render.content
-    saved = hostfs.read(record.backup)
-    if render.record.owned:  # still installed: carry the backup on
+    if render.record.owned:  # still installed: carry the backup on (not read on every pass)
         render.record.backup, render.record.digest = record.backup, _digest(render.content)
         return [], render.content
+    saved = hostfs.read(record.backup)
     content = render.content
     if saved is not None and _digest(current) == record.digest:
         content = saved  # nobody touched it since: restore the node's bytes exactly
@@ -398,8 +399,9 @@ def _apply(
     changes: Sequence[FileChange],
     report: SyncReport,
 ) -> None:
+    containerd_targets = (CONTAINERD_CONFIG_TARGET, CONTAINERD_HOSTS_TARGET)
     containerd_paths = {
-        p for p, r in {**ledger.files, **new_ledger.files}.items() if r.target.startswith("containerd-")
+        p for p, r in {**ledger.files, **new_ledger.files}.items() if r.target in containerd_targets
     } | {settings.containerd_backup}
     new_bytes = new_ledger.dump() if new_ledger.files else None
     if not any(c.changed for c in changes) and new_bytes == ledger_bytes:

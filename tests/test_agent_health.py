@@ -41,3 +41,15 @@ def test_a_stalled_loop_fails_liveness(host_root: Path) -> None:
     agent._status.heartbeat = now[0]
     now[0] += 61
     assert agent.alive() is False
+
+
+def test_a_dead_token_refresher_fails_liveness(host_root: Path) -> None:
+    """The ECR token refresher ending (ECR tokens would silently expire) fails liveness too."""
+    now = [1000.0]
+    agent = _agent(host_root, now)
+    agent._status.heartbeat = now[0]
+    finished = threading.Thread(target=lambda: None, name="ecr-tokens")
+    finished.start()
+    finished.join()
+    agent._background.append(finished)
+    assert (False, ["ecr-tokens"]) == (agent.alive(), agent.dead_watchers())

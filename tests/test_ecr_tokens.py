@@ -250,3 +250,24 @@ def test_socket_answers_a_hostile_request_with_an_error(host_root: Path, tmp_pat
     finally:
         server.stop()
     assert [True, True, True, False] == ["error" in a for a in answers]
+
+
+def test_refresher_outlives_an_unexpected_failure(host_root: Path) -> None:
+    """A refresh that fails with something other than a TokenError (a failed cache write, a bug)
+    is logged and retried later; the refresher thread keeps running."""
+    import threading
+
+    class Broken:
+        def fetch(self, key: str) -> tuple[str, float]:
+            raise RuntimeError("not a TokenError")
+
+    manager = TokenManager(source=Broken(), hostfs=HostFS(host_root), state_dir="/s", keys=["us-east-1"])
+    stop = threading.Event()
+    thread = threading.Thread(target=manager.run, args=(stop,), daemon=True)
+    thread.start()
+    thread.join(timeout=1.0)
+    alive = thread.is_alive()
+    stop.set()
+    manager._wake.set()
+    thread.join(timeout=10)
+    assert (True, False) == (alive, thread.is_alive())

@@ -8,7 +8,6 @@ byte; the kubelet's config.json still gets the credentials."""
 from __future__ import annotations
 
 import json
-import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -127,10 +126,9 @@ def _check_config_toml(path: Path, original: str) -> None:
         return
     assert [] == go_toml_v1_problems(now)
     tomllib.loads(now)
-    if shutil.which("containerd") or Path("/usr/bin/containerd").exists():
-        tried["dumped"] += 1
-        dump = containerd_config_dump(path)
-        assert 0 == dump.returncode, dump.stderr[-300:]
+    tried["dumped"] += 1
+    dump = containerd_config_dump(path)  # fails under CI when containerd is missing, skips elsewhere
+    assert 0 == dump.returncode, dump.stderr[-300:]
 
 
 @st.composite

@@ -101,7 +101,8 @@ def test_installed_plugin_serves_through_the_kubelets_plugin_manager(tmp_path: P
     bin_dir = host_root / "usr/libexec/kubernetes/credential-providers"
     checked["configs"] += 1
     _record()
-    assert (0, "") == (kubelet_check_provider_config(config).returncode, kubelet_check_provider_config(config).stderr)
+    loaded = kubelet_check_provider_config(config)
+    assert (0, "") == (loaded.returncode, loaded.stderr)
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app:1"
     assert [("AWS", password)] == kubelet_provide(config, bin_dir, image)
 

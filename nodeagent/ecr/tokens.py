@@ -272,7 +272,11 @@ class TokenManager:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            wait = self.refresh_due()
+            try:
+                wait = self.refresh_due()
+            except Exception as exc:  # a failed cache write (HostFSError), a bug: never end the refresher
+                self.log.error("ecr_refresh_crashed", error_type=type(exc).__name__, retry_in_s=30)
+                wait = 30.0
             self._wake.wait(min(wait, 300.0))
             self._wake.clear()
 
