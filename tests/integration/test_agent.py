@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.fake_kube import FakeKube, Fault
 from tests.integration.conftest import NODE, SENTINEL, AgentProcess, dockerconfig, wait_for
 
@@ -169,10 +171,13 @@ def test_drift_fight_backs_off(kube: FakeKube, start_agent: Start) -> None:
         path.write_text('{"auths": {}}')
         if agent.events("drift_fight"):
             break
-        wait_for(
-            lambda b=before: agent.metric("nodeagent_drift_repairs_total") > b or agent.events("drift_fight"),
-            "repair",
-        )
+        try:
+            wait_for(
+                lambda b=before: agent.metric("nodeagent_drift_repairs_total") > b or agent.events("drift_fight"),
+                "repair",
+            )
+        except pytest.fail.Exception:  # seen once in CI-like runs and never since: keep the evidence
+            pytest.fail(f"no repair after a foreign write; agent log:\n{agent.log_path.read_text()[-4000:]}")
     wait_for(lambda: agent.events("drift_fight"), "fight reported")
     assert "DriftFight" in {e["reason"] for e in kube.events}
 
