@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= .demo
 
-.PHONY: demo test lint typecheck unit bench lock image system-deps clean
+.PHONY: demo test lint typecheck unit bench lock image system-deps k8s harness clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,19 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed system-deps
 	$(BIN)/pytest -q
 
-# Debian packages the end-to-end tests use (image build, registry, containerd): installed when missing and root.
-SYSTEM_PACKAGES := buildah debootstrap docker-registry containerd
+# The real Kubernetes code the tests judge nodeagent with, built from the Go module proxy
+# (scripts/build-harness.sh; a second run with nothing changed is a no-op): the kubelet's
+# credential code (kubelet-credentials), kube-apiserver and etcd of k8s 1.34.4 into .cache/k8s/bin/.
+k8s:
+	scripts/build-harness.sh kubelet .cache/k8s/bin
+
+# All real-consumer harnesses: k8s, and containerd 1.6.20's hosts.toml loader.
+harness: k8s
+	scripts/build-harness.sh containerd .cache/harness/bin
+
+# Debian packages the end-to-end tests use (image build, registry, containerd; curl and openssl
+# for scripts/kube-apiserver.sh): installed when missing and root.
+SYSTEM_PACKAGES := buildah debootstrap docker-registry containerd curl openssl
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || \
 	    [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
@@ -58,11 +69,8 @@ system-deps:
 	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	    else echo "missing Debian packages:$$missing (install them, or the image tests fail in CI)"; fi; \
 	fi
-	@# Go builds the tests' harness of containerd's own hosts loader (tests/harness, into .cache/).
-	@command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || \
-	    echo "Go is missing: the real-parser tests (tests/test_containerd_parsers.py) fail in CI without it"
 
-test: lint typecheck unit
+test: lint typecheck system-deps harness unit
 
 # Build the container image offline (scripts/build-image.sh): IMAGE=..., BASE_IMAGE=... or local.
 image: $(VENV)/.installed

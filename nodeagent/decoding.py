@@ -152,15 +152,37 @@ def _no_constant(name: str) -> Any:
     raise DecodeError(f"{name} is not a JSON value")
 
 
-def loads_json(data: bytes | str, *, surrogates: Surrogates = "reject") -> Any:
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        repeated = ""
+        for key, _ in pairs:
+            if key in seen:
+                repeated = key
+                break
+            seen.add(key)
+        # A field name is safe to show; a registry key might carry more than a name.
+        named = f" {repeated!r}" if re.fullmatch(r"[A-Za-z]{1,32}", repeated) else ""
+        raise DecodeError(f"an object repeats the key{named} (Go's decoder reads repeated keys differently)")
+    return document
+
+
+def loads_json(data: bytes | str, *, surrogates: Surrogates = "reject", duplicates: bool = True) -> Any:
     """Parse JSON strictly (standard JSON only, bounded numbers and depth).
 
     ``surrogates``: ``reject`` a lone UTF-16 surrogate anywhere; ``replace`` it with U+FFFD, as
     Go does (for node files the kubelet reads); ``keep`` it for the caller to judge per entry.
+    ``duplicates=False`` rejects an object that repeats a key: for node files, where Go (the
+    kubelet) decodes every occurrence (a type error in any fails the file, a repeated map field
+    is merged) while Python keeps only the last.
     """
     text = _text(data)
+    hook = None if duplicates else _unique_pairs
     try:
-        document = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_no_constant)
+        document = json.loads(
+            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_no_constant, object_pairs_hook=hook
+        )
     except DecodeError:
         raise
     except RecursionError:

@@ -30,10 +30,10 @@ from nodeagent.errors import HostFSError, InputError, SymlinkRefused, TargetErro
 from nodeagent.hostfs import TEMP_MARKER, HostFS
 from nodeagent.keyring import lookup
 from nodeagent.ledger import Ledger
-from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
+from nodeagent.registries import InvalidRegistry, normalise_key
 from nodeagent.registry_settings import DOCKER_HUB_ALIASES
 from nodeagent.targets.containerd import detect_setup, dropin_path, is_managed
-from nodeagent.targets.kubelet import kubelet_problems
+from nodeagent.targets.kubelet import entry_credential, kubelet_entries, kubelet_problems
 from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE
 
 __all__ = ["SCHEMA_VERSION", "Finding", "NodeFacts", "Report", "discover", "run_doctor"]
@@ -263,8 +263,7 @@ class _Doctor:
                     "the kubelet ignores credential helpers; only auths entries count",
                     "nothing to do unless you expected the helper to supply node credentials",
                 )
-        auths = document.get("auths") or {}
-        for key, entry in auths.items():
+        for key, entry in kubelet_entries(document).items():
             if not isinstance(entry, dict):
                 continue
             fields = {k.lower() for k, v in entry.items() if v}
@@ -326,8 +325,7 @@ class _Doctor:
                 document = loads_json(content, surrogates="replace") if content else {}
             except DecodeError:
                 document = {}  # reported by check_kubelet as unparseable
-            auths = document.get("auths") if isinstance(document, dict) else None
-            present = set(auths) if isinstance(auths, dict) else set()
+            present = set(kubelet_entries(document))
             missing = sorted(set(record.owned) - present)
             if missing:
                 self.add(
@@ -651,7 +649,7 @@ def check_image(
     report: Report, used: tuple[str, dict[str, Any]] | None, image: str, provider_patterns: list[tuple[str, str]]
 ) -> None:
     """Which credentials the kubelet would try for ``image``, in order, and which providers it calls."""
-    keys = list((used[1].get("auths") or {}).keys()) if used else []
+    keys = list(kubelet_entries(used[1])) if used else []
     matches, providers = lookup(image, keys, provider_patterns)
     report.image = {
         "image": image,
@@ -684,13 +682,11 @@ def probe(
             continue
         if "*" in host:
             continue
-        user, password = entry.get("username", ""), entry.get("password", "")
-        if entry.get("auth"):
-            try:
-                user, password = decode_auth(entry["auth"])
-            except ValueError:
-                results.append({"registry": key, "result": "invalid-credential"})
-                continue
+        try:
+            user, password = entry_credential(entry)
+        except ValueError:
+            results.append({"registry": key, "result": "invalid-credential"})
+            continue
         results.append({"registry": key, "result": _probe_one(host, user, password, context, timeout)})
     return results
 
@@ -788,7 +784,7 @@ def run_doctor(
         assert report.image is not None
         report.image["containerdHostsToml"] = containerd_hosts_for(hostfs, roots, image)
     if do_probe and doctor.used is not None:
-        auths = {k: v for k, v in (doctor.used[1].get("auths") or {}).items() if isinstance(v, dict)}
+        auths = {k: v for k, v in kubelet_entries(doctor.used[1]).items() if isinstance(v, dict)}
         report.probe = probe(auths, ca_file=ca_file)
         for result in report.probe:
             if result["result"] not in ("valid", "anonymous-ok"):

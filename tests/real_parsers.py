@@ -6,26 +6,36 @@ the consumer's own parser).
   ``.cache/harness/`` on first use and rebuilt when its sources change;
 * containerd's config loader: Debian's ``containerd`` binary, ``containerd --config FILE config dump``;
 * the kubelet's credential code: ``tests/harness/kubelet`` (Go, k8s.io/kubernetes v1.34.4's
-  ``pkg/credentialprovider`` keyring and ``plugin`` manager), built the same way.
+  ``pkg/credentialprovider`` keyring and ``plugin`` manager), built the same way into
+  ``.cache/k8s/bin/`` (``make k8s``); one long-lived ``kubelet-credentials serve`` process answers
+  the many config.json questions a test run asks;
+* a real API server: kube-apiserver and etcd of the same release, started by
+  ``scripts/kube-apiserver.sh``.
 
 A missing prerequisite (Go, containerd) fails under ``CI`` and skips elsewhere.
 """
 
 from __future__ import annotations
 
-import hashlib
+import atexit
+import base64
 import json
 import os
 import shutil
+import ssl
 import subprocess
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-HARNESS = REPO / "tests/harness"
-CACHE = REPO / ".cache/harness"
+BIN_DIRS = {"kubelet": REPO / ".cache/k8s/bin", "containerd": REPO / ".cache/harness/bin"}
+"""Where ``make k8s`` / ``make harness`` (scripts/build-harness.sh) put each module's commands."""
 
 
 def _missing(what: str) -> None:
@@ -34,33 +44,25 @@ def _missing(what: str) -> None:
     pytest.skip(f"{what} is not installed")
 
 
-def _sources_digest(module: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(module.rglob("*")):
-        if path.is_file() and path.suffix in (".go", ".mod", ".sum"):
-            digest.update(path.relative_to(module).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+_built: set[str] = set()
 
 
 def harness_binary(module_name: str, name: str) -> Path:
-    """Build (once per source version) and return one of the Go harness binaries: each consumer
-    is a Go module of its own under tests/harness/, pinned to the release it stands for."""
-    module = HARNESS / module_name
-    known = ("/usr/local/go/bin/go", "/usr/lib/go/bin/go")
-    go = shutil.which("go") or next((p for p in known if Path(p).exists()), None)
-    if go is None:
-        _missing("Go")
-    binary = CACHE / module_name / _sources_digest(module) / name
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "GOFLAGS": (os.environ.get("GOFLAGS", "") + " -mod=readonly").strip(), "CGO_ENABLED": "0"}
+    """One of the Go harness commands, built by scripts/build-harness.sh (the one build that
+    ``make k8s`` runs too; a no-op when the module's sources are unchanged): each consumer is a Go
+    module of its own under tests/harness/, pinned to the release it stands for."""
+    out = BIN_DIRS[module_name]
+    if module_name not in _built:
         result = subprocess.run(
-            [str(go), "build", "-o", str(binary), f"./{name}"],
-            cwd=module, capture_output=True, text=True, env=env, timeout=900, check=False,
+            [str(REPO / "scripts/build-harness.sh"), module_name, str(out)],
+            capture_output=True, text=True, timeout=1800, check=False,
         )  # fmt: skip
+        if result.returncode == 2 and "Go is needed" in result.stderr:
+            _missing("Go")
         if result.returncode != 0:
-            pytest.fail(f"building the {name} harness failed:\n{result.stderr[-3000:]}")
-    return binary
+            pytest.fail(f"building the {module_name} harness failed:\n{result.stderr[-3000:]}")
+        _built.add(module_name)
+    return out / name
 
 
 def containerd_hosts(root: Path, host: str) -> dict[str, Any]:
@@ -92,12 +94,80 @@ def _kubelet(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+class KubeletRejects(Exception):
+    """The kubelet ignores this whole config.json and moves on to the next search path."""
+
+
+@dataclass(frozen=True)
+class Cred:
+    """One entry the kubelet loads from a config.json: its key as written, and what it decoded."""
+
+    key: str
+    username: str
+    password: str
+
+
+class _KubeletServer:
+    """``kubelet-credentials serve``: one process for the whole test run, one JSON line a question."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = subprocess.Popen(
+                    [str(harness_binary("kubelet", "kubelet-credentials")), "serve"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                )  # fmt: skip
+                atexit.register(self._proc.kill)
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        if not line:
+            pytest.fail("kubelet-credentials serve ended without an answer")
+        return dict(json.loads(line))
+
+
+_server = _KubeletServer()
+
+
+def _text(raw: str | None) -> str:
+    # The exact bytes the kubelet holds, read as text the way nodeagent reads a decoded auth.
+    return base64.b64decode(raw or "").decode("utf-8", "replace")
+
+
+def _pair(credential: dict[str, Any]) -> tuple[str, str]:
+    return _text(credential["usernameBytes"]), _text(credential["passwordBytes"])
+
+
+def kubelet_read_config(content: bytes) -> list[Cred]:
+    """Every entry the kubelet 1.34 loads from a config.json with these bytes (its own
+    ``ReadSpecificDockerConfigJSONFile``), sorted by key; ``KubeletRejects`` when it ignores the file."""
+    answer = _server.ask({"op": "read", "content": base64.b64encode(content).decode()})
+    if not answer["ok"]:
+        raise KubeletRejects(answer["error"])
+    return [Cred(e["key"], *_pair(e)) for e in answer["entries"]]
+
+
+def kubelet_keyring_lookup(content: bytes, image: str) -> list[tuple[str, str]]:
+    """The (username, password) pairs the kubelet 1.34's keyring returns for ``image``, in its
+    order, when its config.json holds these bytes; ``KubeletRejects`` when it ignores the file."""
+    request = {"op": "lookup", "content": base64.b64encode(content).decode(), "image": image}
+    answer = _server.ask(request)
+    if not answer["ok"]:
+        raise KubeletRejects(answer["error"])
+    return [_pair(c) for c in answer["credentials"]]
+
+
 def kubelet_lookup(root_dir: Path, image: str) -> list[tuple[str, str]]:
     """The (username, password) pairs the kubelet 1.34's own keyring returns for ``image`` from the
-    config.json it would read with ``--root-dir root_dir``, in its order."""
+    config.json it would read with ``--root-dir root_dir`` (its search order), in its order."""
     result = _kubelet("lookup", "--root-dir", str(root_dir), image)
     assert 0 == result.returncode, result.stderr[-500:]
-    return [(c["username"], c["password"]) for c in json.loads(result.stdout)["credentials"]]
+    return [_pair(c) for c in json.loads(result.stdout)["credentials"]]
 
 
 def kubelet_check_provider_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -105,91 +175,42 @@ def kubelet_check_provider_config(path: Path) -> subprocess.CompletedProcess[str
     return _kubelet("check-provider-config", str(path))
 
 
-def kubelet_provide(config: Path, bin_dir: Path, image: str) -> list[tuple[str, str]]:
+def kubelet_provide(
+    config: Path, bin_dir: Path, image: str, *, service_account: str = "", token: str = ""
+) -> list[tuple[str, str]]:
     """The credentials the kubelet 1.34's plugin manager gets for ``image`` by running the
-    configured plugins as the kubelet does."""
-    result = _kubelet("provide", "--config", str(config), "--bin-dir", str(bin_dir), image)
+    configured plugins as the kubelet does (with ``token`` for ``service_account`` NS/NAME when
+    the provider asks for ServiceAccount tokens)."""
+    extra = ["--service-account", service_account, "--token", token] if service_account else []
+    result = _kubelet("provide", "--config", str(config), "--bin-dir", str(bin_dir), *extra, image)
     assert 0 == result.returncode, result.stderr[-500:]
-    return [(c["username"], c["password"]) for c in json.loads(result.stdout)["credentials"]]
+    return [_pair(c) for c in json.loads(result.stdout)["credentials"]]
 
 
 class RealAPIServer:
-    """kube-apiserver and etcd of k8s 1.34.4 (tests/harness/kubelet), on 127.0.0.1, with RBAC, the
-    Node authorizer, ServiceAccount tokens and a static admin token; ``request`` speaks to it."""
+    """kube-apiserver and etcd of k8s 1.34.4 on 127.0.0.1, started and stopped by
+    scripts/kube-apiserver.sh (RBAC, the Node authorizer, ServiceAccount tokens, a static admin
+    token); ``request`` speaks to it."""
 
-    ADMIN_TOKEN = "admin-test-token"
-
-    def __init__(self, directory: Path) -> None:
-        import socket
-
-        self.dir = directory
-        ports = []
-        for _ in range(3):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                ports.append(probe.getsockname()[1])
-        self.etcd_url, self.port = f"http://127.0.0.1:{ports[0]}", ports[2]
-        self.url = f"https://127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen[bytes]] = []
+    def __init__(self, directory: Path, *flags: str) -> None:
+        self.dir, self.flags = directory, flags
+        self.url = self.etcd_url = self.admin_token = ""
 
     def start(self) -> RealAPIServer:
-        import ssl
-        import time
-        import urllib.request
-
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        (self.dir / "sa.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
+        harness_binary("kubelet", "kube-apiserver")  # built by make k8s; fails clearly without Go
+        script = str(REPO / "scripts/kube-apiserver.sh")
+        result = subprocess.run(
+            [script, "up", str(self.dir), *self.flags], capture_output=True, text=True, timeout=300, check=False
         )
-        (self.dir / "sa.pub").write_bytes(
-            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
-        (self.dir / "tokens.csv").write_text(f"{self.ADMIN_TOKEN},admin,admin,system:masters\n")
-        etcd, apiserver = harness_binary("kubelet", "etcd"), harness_binary("kubelet", "kube-apiserver")
-        log = (self.dir / "etcd.log").open("wb")
-        self.procs.append(subprocess.Popen([str(etcd), str(self.dir / "etcd"), self.etcd_url, self._peer()],
-                                           stdout=log, stderr=log))  # fmt: skip
-        log = (self.dir / "kube-apiserver.log").open("wb")
-        self.procs.append(subprocess.Popen([
-            str(apiserver), f"--etcd-servers={self.etcd_url}", "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1", f"--secure-port={self.port}", f"--cert-dir={self.dir / 'certs'}",
-            "--service-account-issuer=https://kubernetes.default.svc",
-            f"--service-account-key-file={self.dir / 'sa.pub'}",
-            f"--service-account-signing-key-file={self.dir / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=Node,RBAC",
-            f"--token-auth-file={self.dir / 'tokens.csv'}",
-        ], stdout=log, stderr=log))  # fmt: skip
-        context = ssl._create_unverified_context()  # noqa: S323 - the test server's self-signed certificate
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                request = urllib.request.Request(f"{self.url}/readyz", headers=self._auth(self.ADMIN_TOKEN))  # noqa: S310
-                with urllib.request.urlopen(request, context=context, timeout=5) as response:  # noqa: S310
-                    if response.read() == b"ok":
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
-                self.stop()
-                tail = (self.dir / "kube-apiserver.log").read_text(errors="replace")[-2000:]
-                pytest.fail(f"kube-apiserver did not become ready:\n{tail}")
-            time.sleep(0.5)
+        if result.returncode != 0:
+            pytest.fail(f"kube-apiserver did not start:\n{result.stderr[-3000:]}")
+        env = dict(line.split("=", 1) for line in (self.dir / "server.env").read_text().splitlines())
+        self.url, self.etcd_url = env["APISERVER_URL"], env["ETCD_URL"]
+        self.admin_token = (self.dir / "admin.token").read_text().strip()
+        return self
 
-    def _peer(self) -> str:
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return f"http://127.0.0.1:{probe.getsockname()[1]}"
-
-    @staticmethod
-    def _auth(token: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"}
+    def _context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.dir / "certs/apiserver.crt"))
 
     def request(
         self,
@@ -201,34 +222,40 @@ class RealAPIServer:
         content_type: str = "application/json",
     ) -> tuple[int, Any]:
         """One API call (as admin unless ``token``): (status, decoded JSON body)."""
-        import ssl
-        import urllib.error
-        import urllib.request
-
         data = json.dumps(body).encode() if body is not None else None
-        headers = {**self._auth(token or self.ADMIN_TOKEN), "Content-Type": content_type}
+        headers = {"Authorization": f"Bearer {token or self.admin_token}", "Content-Type": content_type}
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)  # noqa: S310
-        context = ssl._create_unverified_context()  # noqa: S323
         try:
-            with urllib.request.urlopen(request, context=context, timeout=30) as response:  # noqa: S310
+            with urllib.request.urlopen(request, context=self._context(), timeout=30) as response:  # noqa: S310
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
+    def etcd(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call to etcd's JSON gateway (``/v3/kv/range``, ``/v3/kv/compaction``, ...)."""
+        request = urllib.request.Request(  # noqa: S310 - the test's own etcd on 127.0.0.1
+            f"{self.etcd_url}/v3/{method}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return dict(json.loads(response.read()))
+
+    def compact_etcd(self) -> int:
+        """Compact etcd up to its current revision (as the API server does every 5 minutes);
+        returns that revision: a watch from an older resourceVersion then gets 410 Gone."""
+        revision = int(self.etcd("kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+        self.etcd("kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
     def kubeconfig(self, path: Path, token: str) -> Path:
-        """A kubeconfig for ``token`` (the server's certificate is self-signed: not verified)."""
+        """A kubeconfig for ``token``, trusting the server's own CA."""
+        ca = base64.b64encode((self.dir / "certs/apiserver.crt").read_bytes()).decode()
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "t",
-            "clusters": [{"name": "t", "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}],
+            "clusters": [{"name": "t", "cluster": {"server": self.url, "certificate-authority-data": ca}}],
             "users": [{"name": "t", "user": {"token": token}}],
             "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
         }))  # fmt: skip
         return path
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        subprocess.run([str(REPO / "scripts/kube-apiserver.sh"), "down", str(self.dir)], timeout=120, check=False)

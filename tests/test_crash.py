@@ -16,7 +16,7 @@ from nodeagent.hostfs import TEMP_MARKER, HostFS
 from nodeagent.ledger import Ledger
 from nodeagent.reconcile import sync
 from tests.conftest import FIGURES, b64
-from tests.kubelet_oracle import parse_config_json
+from tests.real_parsers import kubelet_read_config
 
 KILLS = 200
 ENTRIES = 3000
@@ -75,7 +75,7 @@ def test_sigkill_during_sync(tmp_path: Path) -> None:
         content = config.read_bytes()
         assert content in (expected[current], expected[target]), "torn or foreign content after SIGKILL"
         outcomes["new" if content == expected[target] else "old"] += 1
-        parse_config_json(content)
+        kubelet_read_config(content)
         # Restart: a full pass to the target state.
         _sync(root, sources[target])
         assert expected[target] == config.read_bytes()

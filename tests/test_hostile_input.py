@@ -18,7 +18,7 @@ from nodeagent.errors import InputError
 from nodeagent.hostfs import HostFS
 from nodeagent.reconcile import sync
 from tests.conftest import FIGURES, b64
-from tests.kubelet_oracle import parse_config_json
+from tests.real_parsers import kubelet_read_config
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 RAW_TOKENS = {
@@ -63,7 +63,7 @@ def _check_sync(host_root: Path, data: bytes) -> ParseResult | None:
         assert before == config.read_bytes()
         return None
     sync(HostFS(host_root), SyncSettings(host_root=str(host_root)), [result])
-    creds = {c.key: c for c in parse_config_json(config.read_bytes())}  # the kubelet accepts it
+    creds = {c.key: c for c in kubelet_read_config(config.read_bytes())}  # the kubelet accepts it
     assert "foreign.example.com" in creds or any(c.registry == "foreign.example.com" for c in result.credentials)
     allowed = {
         "var",
@@ -101,7 +101,9 @@ def test_duplicate_keys_last_wins_like_go(host_root: Path) -> None:
     result = _check_sync(host_root, (CORPUS / "duplicate-keys.json").read_bytes())
     assert result is not None
     assert ("u", "second") == (lambda c: (c.username, c.password))(
-        {c.key: c for c in parse_config_json((host_root / "var/lib/kubelet/config.json").read_bytes())}["r.example.com"]
+        {c.key: c for c in kubelet_read_config((host_root / "var/lib/kubelet/config.json").read_bytes())}[
+            "r.example.com"
+        ]
     )
 
 

@@ -23,8 +23,7 @@ from nodeagent.reconcile import cleanup, sync
 from nodeagent.registry_settings import parse_registry_settings
 from nodeagent.targets.containerd import go_toml_v1_problems
 from tests.conftest import FIGURES, b64
-from tests.kubelet_oracle import parse_config_json
-from tests.real_parsers import containerd_config_dump
+from tests.real_parsers import containerd_config_dump, kubelet_read_config
 
 PLUGIN = "io.containerd.grpc.v1.cri"
 tried = {"config.json": 0, "config.toml": 0, "dumped": 0}
@@ -112,7 +111,7 @@ def test_hostile_containerd_nodes(
     _check_config_toml(path, config)
     for hosts_toml in (host_root / "etc/containerd").rglob("hosts.toml"):
         assert [] == go_toml_v1_problems(hosts_toml.read_text())
-    written = {c.key for c in parse_config_json((host_root / "var/lib/kubelet/config.json").read_bytes())}
+    written = {c.key for c in kubelet_read_config((host_root / "var/lib/kubelet/config.json").read_bytes())}
     assert {c.key for c in sources[0].credentials} == written
     assert all(p.reason for p in report.conflicts + report.warnings + report.rejected)
     cleanup(fs, settings_)
@@ -162,5 +161,5 @@ def test_hostile_node_config_json(tmp_path_factory: Any, node_file: bytes, hosts
     except TargetError:
         assert node_file == path.read_bytes()
         return
-    keys = {c.key for c in parse_config_json(path.read_bytes())}
+    keys = {c.key for c in kubelet_read_config(path.read_bytes())}
     assert set(hosts) <= keys

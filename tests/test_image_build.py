@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import FIGURES, docker_config
-from tests.kubelet_oracle import parse_config_json
+from tests.real_parsers import kubelet_read_config
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = f"localhost/nodeagent:test-{os.getpid()}"
@@ -122,7 +122,7 @@ def test_sync_into_a_mounted_host_root(image: dict[str, Any], tmp_path: Path) ->
     assert (host / "etc/containerd/certs.d/registry.example.com/hosts.toml").is_file()
     config = host / "var/lib/kubelet/config.json"
     assert [("registry.example.com", "puller", "image-test-password")] == [
-        (c.key, c.username, c.password) for c in parse_config_json(config.read_bytes())
+        (c.key, c.username, c.password) for c in kubelet_read_config(config.read_bytes())
     ]
     assert 0o600 == config.stat().st_mode & 0o777
 

@@ -185,3 +185,168 @@ def test_kubelet_file_rules_match_the_kubelet(tmp_path: Path, case: str) -> None
     checked["lookups"] += 1
     _record()
     assert kubelet_reads == (not kubelet_problems(document))
+
+
+# -- generated config.json files: nodeagent's reading against the kubelet's ---------------------------
+class _Obj(list):  # type: ignore[type-arg]
+    """A JSON object as (key, value) pairs, so a generated file can repeat a key."""
+
+
+def _json(value: Any) -> str:
+    if isinstance(value, _Obj):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_json(v)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_json(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _repeats(value: Any) -> bool:
+    if isinstance(value, _Obj):
+        keys = [k for k, _ in value]
+        return len(set(keys)) != len(keys) or any(_repeats(v) for _, v in value)
+    return isinstance(value, list) and any(_repeats(v) for v in value)
+
+
+_HOST = st.one_of(
+    st.builds(lambda a, b: f"{a}.{b}.example", _LABEL, _LABEL),
+    st.builds(lambda a: f"{a.upper()}.Example.com", _LABEL),
+    st.sampled_from(["*.example.com", "r.*.example", "docker.io", "index.docker.io", "localhost", "[::1]", "[fd00::10]",
+                     "127.0.0.1", "r1.example", "R1.example"]),
+)  # fmt: skip
+_GEN_KEY = st.builds(
+    lambda scheme, host, port, path: f"{scheme}{host}{port}{path}",
+    st.sampled_from(["", "https://", "http://"]),
+    _HOST,
+    st.sampled_from(["", ":5000", ":443"]),
+    st.sampled_from(["", "/", "/v1/", "/v2/", "/v2/team", "/team", "/team/app", "/v1"]),
+)
+_USERPASS = st.builds(lambda u, p: f"{u}:{p}", _LABEL, st.text(alphabet="abc:=+/ é", max_size=6))
+
+
+def _odd_auth(text: str, how: str) -> str:
+    padded = base64.b64encode(text.encode()).decode()
+    return {
+        "padded": padded,
+        "unpadded": padded.rstrip("="),
+        "newlines": padded[:3] + "\n" + padded[3:] + "\r\n",
+        "space": padded + " ",
+        "url-safe": padded.replace("+", "-").replace("/", "_"),
+        "extra-pad": padded.rstrip("=") + "=",
+        "no-colon": base64.b64encode(text.replace(":", "").encode()).decode(),
+        "garbage": "%%" + padded,
+    }[how]
+
+
+_AUTH = st.builds(
+    _odd_auth,
+    _USERPASS,
+    st.one_of(
+        st.sampled_from(["padded", "unpadded", "newlines"]),  # read by the kubelet
+        st.sampled_from(["space", "url-safe", "extra-pad", "no-colon", "garbage"]),  # fail the whole file
+    ),
+)
+_STRING = st.text(alphabet="abcé:", max_size=5)
+_FIELD_VALUE = st.one_of(*[_STRING] * 6, st.none(), st.integers(-5, 5), st.booleans(), st.just([]), st.just(_Obj()))
+_ENTRY_FIELD = st.one_of(
+    st.tuples(st.sampled_from(["auth", "auth", "Auth", "AUTH"]), st.one_of(_AUTH, st.none(), st.just(""))),
+    st.tuples(st.sampled_from(["username", "password", "email", "Username", "PASSWORD"]), _FIELD_VALUE),
+    st.tuples(st.sampled_from(["identitytoken", "registrytoken", "other"]), _FIELD_VALUE),
+)
+
+
+def _pairs(items: st.SearchStrategy[tuple[str, Any]], max_size: int) -> st.SearchStrategy[_Obj]:
+    """Objects whose keys repeat in one case of four."""
+    unique = st.lists(items, max_size=max_size, unique_by=lambda pair: pair[0])
+    return st.one_of(unique, unique, unique, st.lists(items, max_size=max_size)).map(_Obj)
+
+
+_ENTRY = _pairs(_ENTRY_FIELD, 4)
+_AUTHS = _pairs(st.tuples(_GEN_KEY, st.one_of(*[_ENTRY] * 6, st.none(), st.just("x"))), 4)
+_DOCUMENT = st.builds(
+    lambda auths, extra: _Obj([("auths", auths), *extra]),
+    _AUTHS,
+    st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from(["Auths", "AUTHS", "auths"]), st.one_of(_AUTHS, st.none(), st.just([]))),
+            st.tuples(st.just("HttpHeaders"), st.one_of(st.just(_Obj([("X-A", "b")])), st.just(_Obj([("X", 1)])))),
+            st.tuples(st.sampled_from(["credsStore", "currentContext"]), st.just("desktop")),
+        ),
+        max_size=2,
+    ),
+)
+_FIXED_IMAGES = ["nginx", "library/nginx", "foo/bar:1", "docker.io/library/nginx", "index.docker.io/foo/bar",
+                 "localhost/app", "localhost:5000/team/app", "[::1]:5000/app", "[fd00::10]/team/app:1",
+                 "127.0.0.1:5000/team/x", "r1.example/team/app@sha256:" + "a" * 64]  # fmt: skip
+_GEN_IMAGE = st.one_of(
+    st.sampled_from(_FIXED_IMAGES),
+    st.builds(
+        lambda host, port, path, tag: f"{host}{port}/{path}{tag}".replace("*", "x"),
+        _HOST,
+        st.sampled_from(["", ":5000", ":443"]),
+        st.sampled_from(["app", "team/app", "v1/app", "teamx/app"]),
+        st.sampled_from(["", ":1", "@sha256:" + "0" * 64]),
+    ),
+)
+generated = {"files": 0, "rejected": 0, "refused": 0, "lookups": 0}
+
+
+@settings(max_examples=400, deadline=None)
+@given(document=_DOCUMENT, images=st.lists(_GEN_IMAGE, min_size=1, max_size=3))
+def test_config_json_reading_agrees_with_the_kubelet(document: _Obj, images: list[str]) -> None:
+    """For generated node config.json files (keys with schemes, paths, ports, globs, case, IPv4/IPv6,
+    /v1/ and /v2/; odd auth padding and newlines; null and non-string fields; field-name case;
+    repeated keys), nodeagent's reading agrees with the kubelet's own code: it calls a file bad
+    (and will not write it) exactly when the kubelet ignores it, reads every entry's credential as
+    the kubelet does, and doctor --image's model returns what the kubelet's keyring returns."""
+    from nodeagent.decoding import DecodeError, loads_json
+    from nodeagent.keyring import kubelet_key, lookup
+    from nodeagent.targets.kubelet import entry_credential, kubelet_entries, kubelet_problems, render_kubelet_config
+    from tests.real_parsers import KubeletRejects, kubelet_keyring_lookup, kubelet_read_config
+
+    text = _json(document).encode()
+    generated["files"] += 1
+    FIGURES["generated config.json files judged by the kubelet's own code"] = (
+        f"{generated['files']} files ({generated['rejected']} rejected by the kubelet, {generated['refused']} with "
+        f"repeated keys refused by nodeagent), {generated['lookups']} image lookups compared with doctor's model"
+    )
+    try:
+        kubelet: dict[str, tuple[str, str]] | None = {
+            c.key: (c.username, c.password) for c in kubelet_read_config(text)
+        }
+    except KubeletRejects:
+        kubelet = None
+        generated["rejected"] += 1
+    try:
+        parsed = loads_json(text, surrogates="replace", duplicates=False)
+    except DecodeError:
+        assert _repeats(document)  # the only reason a generated file is unreadable: nodeagent never edits it
+        generated["refused"] += 1
+        return
+    assert (kubelet is None) == bool(kubelet_problems(parsed))
+    if kubelet is None:
+        return
+    ours = {key: entry_credential(entry) for key, entry in kubelet_entries(parsed).items()}
+    assert kubelet == ours
+    # Merging the agent's credential into this node file: refused only for a second spelling of
+    # 'auths'; otherwise the kubelet reads the agent's entry and every node entry as before.
+    source = json.dumps({"auths": {"agent.example": {"auth": b64("agent:pw")}}}).encode()
+    try:
+        render = render_kubelet_config(
+            desired=parse_docker_config(source, source="s").credentials, current=text, record=None, path="p"
+        )
+    except TargetError:
+        assert [n for n in parsed if n.lower() == "auths" and n != "auths"]
+    else:
+        assert render.content is not None
+        merged = {c.key: (c.username, c.password) for c in kubelet_read_config(render.content)}
+        assert {**{k: v for k, v in ours.items() if k != "agent.example"}, "agent.example": ("agent", "pw")} == merged
+    for image in images:
+        generated["lookups"] += 1
+        matches, _ = lookup(image, list(ours))
+        expected = kubelet_keyring_lookup(text, image)
+        found = [ours[m.key] for m in matches]
+        indexed = [kubelet_key(m.key) for m in matches]
+        if len(set(indexed)) == len(indexed):
+            assert expected == found
+        else:  # raw keys the kubelet indexes alike come in Go's map order (random): compare as multisets
+            assert sorted(expected) == sorted(found)

@@ -15,7 +15,7 @@ from nodeagent.ledger import FileRecord
 from nodeagent.registries import normalise_key
 from nodeagent.targets.kubelet import render_kubelet_config
 from tests.conftest import b64, docker_config
-from tests.kubelet_oracle import parse_config_json
+from tests.real_parsers import kubelet_read_config
 
 PATH = "/var/lib/kubelet/config.json"
 
@@ -38,7 +38,7 @@ def test_writes_into_empty_node() -> None:
     assert {"auths": {"r.example.com": {"auth": b64("u:p")}}} == doc
     assert {"r.example.com": "r.example.com"} == record.owned
     assert record.created
-    assert [("u", "p")] == [(c.username, c.password) for c in parse_config_json(json.dumps(doc).encode())]
+    assert [("u", "p")] == [(c.username, c.password) for c in kubelet_read_config(json.dumps(doc).encode())]
 
 
 def test_keeps_foreign_entries_and_top_level_keys() -> None:
@@ -138,7 +138,7 @@ def test_foreign_files_survive_every_merge(
     creds1, creds2 = _creds(first), _creds(second)
     doc, record = _render(creds1, foreign)
     doc, record = _render(creds2, doc, record)
-    loaded = {c.key: (c.username, c.password) for c in parse_config_json(json.dumps(doc).encode())}
+    loaded = {c.key: (c.username, c.password) for c in kubelet_read_config(json.dumps(doc).encode())}
     for cred in creds2:
         assert second[cred.key] == loaded[cred.key]
     managed = {c.registry for c in creds2}
@@ -148,3 +148,18 @@ def test_foreign_files_survive_every_merge(
     restored, after = _render((), doc, record)
     assert foreign == restored
     assert ({}, {}) == (after.owned, after.originals)
+
+
+@pytest.mark.parametrize(
+    "current",
+    [
+        b'{"auths": {"a.example": {"auth": 5, "auth": "dTpw"}}}',  # Go fails on the first, Python sees the last
+        b'{"auths": {"a.example": {"auth": "JSU="}}, "auths": {"b.example": {}}}',  # Go merges the two maps
+        b'{"auths": {}, "Auths": {"a.example": {"auth": "dTpw"}}}',  # a second spelling the kubelet merges
+    ],
+)
+def test_refuses_node_files_go_reads_differently(current: bytes) -> None:
+    """A node file with a repeated key, or a second spelling of 'auths', is left alone: Go (the
+    kubelet) reads such a file differently from Python, so no merge into it could be trusted."""
+    with pytest.raises(TargetError):
+        render_kubelet_config(desired=_creds({"r.example.com": ("u", "p")}), current=current, record=None, path=PATH)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key, validate_registry_host
-from tests.kubelet_oracle import KubeletRejects, _go_decode, keyring_key
+from tests.real_parsers import KubeletRejects, kubelet_keyring_lookup, kubelet_read_config
 
 
 @pytest.mark.parametrize(
@@ -31,9 +32,11 @@ from tests.kubelet_oracle import KubeletRejects, _go_decode, keyring_key
     ],
 )
 def test_normalise_key_matches_kubelet(key: str, expected: str) -> None:
-    """Keys normalise as the kubelet keyring files them (and as the independent oracle does)."""
+    """Keys normalise as the kubelet keyring files them: the kubelet's own keyring serves an image
+    under the normalised key from a config.json holding the raw key."""
     assert expected == normalise_key(key)
-    assert expected == keyring_key(key)
+    content = json.dumps({"auths": {key: {"username": "u", "password": "p"}}}).encode()
+    assert [("u", "p")] == kubelet_keyring_lookup(content, expected.replace("*", "x") + "/app:1")
 
 
 @pytest.mark.parametrize(
@@ -133,19 +136,19 @@ def test_decode_auth_rejects(auth: str) -> None:
     assert auth.strip() not in str(info.value)
 
 
-@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n\r :", max_size=40))
-def test_decode_auth_agrees_with_oracle(auth: str) -> None:
-    """For any string, the agent accepts an auth exactly when the kubelet model does."""
+@given(
+    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n\r :", min_size=1, max_size=40)
+)
+def test_decode_auth_agrees_with_the_kubelet(auth: str) -> None:
+    """For any non-empty string (an empty auth is not decoded at all), the agent accepts an auth
+    exactly when the kubelet's own decoder does, and reads the same user and password."""
     try:
-        oracle: tuple[str, str] | None = tuple(  # type: ignore[assignment]
-            _go_decode(auth).decode("utf-8", "replace").split(":", 1)
-        )
-        if oracle is not None and len(oracle) != 2:
-            oracle = None
-    except (KubeletRejects, ValueError):
-        oracle = None
+        (entry,) = kubelet_read_config(json.dumps({"auths": {"r.example": {"auth": auth}}}).encode())
+        kubelet: tuple[str, str] | None = (entry.username, entry.password)
+    except KubeletRejects:
+        kubelet = None
     try:
         ours: tuple[str, str] | None = decode_auth(auth)
     except ValueError:
         ours = None
-    assert oracle == ours
+    assert kubelet == ours

@@ -19,7 +19,7 @@ from nodeagent.errors import HostFSError, TargetError
 from nodeagent.hostfs import HostFS
 from nodeagent.reconcile import cleanup, diff_changes, sync
 from tests.conftest import b64, docker_config
-from tests.kubelet_oracle import parse_config_json
+from tests.real_parsers import kubelet_read_config
 
 CONFIG = "var/lib/kubelet/config.json"
 LEDGER = "var/lib/nodeagent/state.json"
@@ -80,7 +80,7 @@ def test_later_source_wins(settings: SyncSettings, host_root: Path) -> None:
         settings,
         [_source({"r.example.com": ("a", "1")}, "one"), _source({"https://r.example.com": ("b", "2")}, "two")],
     )
-    creds = parse_config_json((host_root / CONFIG).read_bytes())
+    creds = kubelet_read_config((host_root / CONFIG).read_bytes())
     assert [("https://r.example.com", "b", "2")] == [(c.key, c.username, c.password) for c in creds]
 
 
@@ -91,7 +91,7 @@ def test_rejected_entry_keeps_node_entry(settings: SyncSettings, host_root: Path
     report = sync(HostFS(host_root), settings, [parse_docker_config(broken, source="src")])
     assert ["r.example.com"] == [p.key for p in report.rejected]
     assert {"r.example.com"} == set(_read(host_root, CONFIG)["auths"])
-    assert ("u", "p") == (lambda c: (c.username, c.password))(parse_config_json((host_root / CONFIG).read_bytes())[0])
+    assert ("u", "p") == (lambda c: (c.username, c.password))(kubelet_read_config((host_root / CONFIG).read_bytes())[0])
 
 
 def test_foreign_breakage_blocks_write(settings: SyncSettings, host_root: Path) -> None:
@@ -166,7 +166,7 @@ def test_any_sequence_of_syncs_then_cleanup_restores(
             os.unlink(ledger)
     for step in steps:
         sync(HostFS(host_root), settings, [_source(step)])
-        parse_config_json(path.read_bytes())  # the kubelet accepts every intermediate file
+        kubelet_read_config(path.read_bytes())  # the kubelet accepts every intermediate file
         fs = HostFS(host_root)
         sync(fs, settings, [_source(step)])
         assert 0 == fs.stats.writes

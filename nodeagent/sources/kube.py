@@ -67,10 +67,11 @@ class _Watcher(threading.Thread):
         stop: threading.Event,
         on_start: Callable[[str], None],
         forbidden_retry: float = FORBIDDEN_RETRY,
+        watch_timeout: tuple[int, int] = WATCH_TIMEOUT_RANGE,
     ) -> None:
         super().__init__(daemon=True, name=f"watch-{name}")
         self.api, self.obj_name, self.stop = api, name, stop
-        self.forbidden_retry = forbidden_retry
+        self.forbidden_retry, self.watch_timeout = forbidden_retry, watch_timeout
         self.watching = False
         self._on_start = on_start
         self._rng = random.Random()  # noqa: S311 - jitter only
@@ -125,7 +126,7 @@ class _Watcher(threading.Thread):
         self._on_start(self.label)
         while not self.stop.is_set():
             self.watching = True
-            timeout = self._rng.randint(*WATCH_TIMEOUT_RANGE)
+            timeout = self._rng.randint(*self.watch_timeout)
             for event in self.api.watch(
                 self.path, name=self.obj_name, resource_version=rv, timeout_seconds=timeout, read_timeout=READ_TIMEOUT
             ):
@@ -184,12 +185,16 @@ class SecretWatcher(_Watcher):
         stop: threading.Event,
         on_start: Callable[[str], None],
         forbidden_retry: float = FORBIDDEN_RETRY,
+        watch_timeout: tuple[int, int] = WATCH_TIMEOUT_RANGE,
     ) -> None:
         self.namespace = namespace
         self.path = f"namespaces/{namespace}/secrets"
         self._sink = sink
         self._seen = False
-        super().__init__(api=api, name=name, stop=stop, on_start=on_start, forbidden_retry=forbidden_retry)
+        super().__init__(
+            api=api, name=name, stop=stop, on_start=on_start, forbidden_retry=forbidden_retry,
+            watch_timeout=watch_timeout,
+        )  # fmt: skip
         self.rbac_hint = (
             f"grant get/list/watch on secrets named {name!r} in namespace {namespace!r} to the agent's "
             "service account (a Role with resourceNames and a RoleBinding)"

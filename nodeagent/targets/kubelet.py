@@ -19,7 +19,14 @@ from nodeagent.errors import TargetError
 from nodeagent.ledger import FileRecord
 from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
 
-__all__ = ["TARGET", "KubeletRender", "kubelet_problems", "render_kubelet_config"]
+__all__ = [
+    "TARGET",
+    "KubeletRender",
+    "entry_credential",
+    "kubelet_entries",
+    "kubelet_problems",
+    "render_kubelet_config",
+]
 
 TARGET = "kubelet"
 _KUBELET_FIELDS = ("username", "password", "email", "auth")
@@ -52,19 +59,13 @@ def kubelet_problems(document: Any) -> list[str]:
             and not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
         ):
             problems.append(f"top-level '{safe_key(name)}' is not a map of strings")
-    auths = _auths_of(document)
-    for key, entry in auths.items():
-        reason = _entry_problem(entry)
-        if reason:
-            problems.append(f"entry {safe_key(key)}: {reason}")
-    return problems
-
-
-def _auths_of(document: dict[str, Any]) -> dict[str, Any]:
     for name, value in document.items():
-        if name.lower() == "auths" and isinstance(value, dict):
-            return value
-    return {}
+        if name.lower() == "auths" and isinstance(value, dict):  # Go merges every spelling into one map
+            for key, entry in value.items():
+                reason = _entry_problem(entry)
+                if reason:
+                    problems.append(f"entry {safe_key(key)}: {reason}")
+    return problems
 
 
 def _entry_problem(entry: Any) -> str | None:
@@ -87,6 +88,35 @@ def _entry_problem(entry: Any) -> str | None:
         except ValueError as exc:
             return str(exc)
     return None
+
+
+def kubelet_entries(document: Any) -> dict[str, Any]:
+    """The ``auths`` entries the kubelet reads from a config.json it accepts: Go decodes every
+    top-level spelling of ``auths`` into one map, in order (a later object adds to it and wins on
+    a repeated key; a later ``null`` empties it)."""
+    entries: dict[str, Any] = {}
+    for name, value in document.items() if isinstance(document, dict) else ():
+        if name.lower() == "auths":
+            if value is None:
+                entries = {}
+            elif isinstance(value, dict):
+                entries.update(value)
+    return entries
+
+
+def entry_credential(entry: Any) -> tuple[str, str]:
+    """The (username, password) the kubelet reads from one ``auths`` entry: field names matched
+    case-insensitively (the last occurrence wins, as in Go), ``null`` as empty, and a non-empty
+    ``auth`` overriding both. Raises ValueError (never naming a value) when the kubelet would
+    reject the entry, and so the whole file."""
+    reason = _entry_problem(entry)
+    if reason:
+        raise ValueError(reason)
+    # null leaves a field as an earlier occurrence set it (Go decodes null into a string as a no-op).
+    fields = {k.lower(): v for k, v in (entry or {}).items() if k.lower() in _KUBELET_FIELDS and v is not None}
+    if fields.get("auth"):
+        return decode_auth(fields["auth"])
+    return fields.get("username", ""), fields.get("password", "")
 
 
 def _identity(key: str) -> str | None:
@@ -116,7 +146,7 @@ def render_kubelet_config(
     else:
         try:
             # A lone surrogate in the node's own entries is read as U+FFFD, as the kubelet (Go) reads it.
-            loaded = loads_json(current, surrogates="replace")
+            loaded = loads_json(current, surrogates="replace", duplicates=False)
         except DecodeError as exc:
             raise TargetError(
                 path, f"the existing file cannot be used ({exc}); refusing to overwrite it (fix or remove it)"
@@ -124,6 +154,13 @@ def render_kubelet_config(
         if not isinstance(loaded, dict):
             raise TargetError(path, "the existing file is not a JSON object; refusing to overwrite it")
         document = loaded
+        spellings = sorted(name for name in document if name.lower() == "auths" and name != "auths")
+        if spellings:
+            raise TargetError(
+                path,
+                f"the existing file spells its credentials map {spellings[0]!r}, which the kubelet reads "
+                "together with 'auths'; refusing to edit it (rename it to 'auths')",
+            )
     auths_value = document.get("auths", {})
     if not isinstance(auths_value, dict):
         raise TargetError(path, "the existing 'auths' is not an object; refusing to overwrite it")

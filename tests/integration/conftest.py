@@ -60,12 +60,12 @@ class AgentProcess:
 
     def passwords(self) -> dict[str, str]:
         """registry key -> password, as the kubelet would decode config.json."""
-        from tests.kubelet_oracle import parse_config_json
+        from tests.real_parsers import kubelet_read_config
 
         path = self.host_root / "var/lib/kubelet/config.json"
         if not path.exists():
             return {}
-        return {c.key: c.password for c in parse_config_json(path.read_bytes())}
+        return {c.key: c.password for c in kubelet_read_config(path.read_bytes())}
 
     def http(self, path: str) -> tuple[int, str]:
         try:

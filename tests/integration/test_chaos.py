@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.conftest import FIGURES, b64
 from tests.fake_kube import FakeKube, Fault
 from tests.integration.conftest import SENTINEL, AgentProcess, dockerconfig, wait_for
-from tests.kubelet_oracle import parse_config_json
+from tests.real_parsers import kubelet_read_config
 
 NS, NAME = "registry-creds", "central"
 Start = Callable[..., AgentProcess]
@@ -112,7 +112,7 @@ def test_two_agents_one_node(kube: FakeKube, start_agent: Start, tmp_path: Path)
         stop.set()
         sampler.join()
     for content in samples:
-        creds = {c.key: c.password for c in parse_config_json(content)}  # never torn, always accepted
+        creds = {c.key: c.password for c in kubelet_read_config(content)}  # never torn, always accepted
         assert "own" == creds["foreign.example.com"]
     FIGURES["two agents, one node"] = (
         f"{len(samples)} samples of config.json during the overlap: none torn, foreign entry kept"

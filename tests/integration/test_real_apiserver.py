@@ -10,12 +10,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nodeagent.kube import KubeError, KubernetesClient
+from nodeagent.sources import SourceUpdate
+from nodeagent.sources.kube import SecretWatcher
 from tests.conftest import b64
 from tests.integration.conftest import AgentProcess, wait_for
 from tests.real_parsers import RealAPIServer
@@ -28,6 +32,7 @@ COLLECTIONS = {
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
     "Secret": "/api/v1/namespaces/{ns}/secrets",
     "Pod": "/api/v1/namespaces/{ns}/pods",
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
     "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
@@ -155,6 +160,12 @@ def test_agent_with_the_chart_token(apiserver: RealAPIServer, chart_token: str, 
         )
         assert 200 == status
         wait_for(lambda: agent.passwords() == {"registry.example.com": "SENTINEL-real-2"}, "rotation", timeout=60)
+        status, _ = apiserver.request("DELETE", f"/api/v1/namespaces/{NS}/secrets/central")
+        assert 200 == status
+        wait_for(lambda: agent.events("source_deleted"), "the deletion seen", timeout=60)
+        assert {"registry.example.com": "SENTINEL-real-2"} == agent.passwords()  # kept (--on-secret-deleted keep)
+        _create(apiserver, _secret("central", "SENTINEL-real-3"))
+        wait_for(lambda: agent.passwords() == {"registry.example.com": "SENTINEL-real-3"}, "recreated", timeout=60)
 
         def annotated() -> bool:
             node = apiserver.request("GET", "/api/v1/nodes/node-a")[1]
@@ -174,3 +185,73 @@ def test_agent_with_the_chart_token(apiserver: RealAPIServer, chart_token: str, 
         proc.terminate()
         proc.wait(timeout=20)
     assert "SENTINEL" not in log_path.read_text()  # no password of either Secret in the log
+
+
+class _RecordingAPI:
+    """The agent's own client, recording what the server answered: lists made, and every watch
+    that ended in an error (an ERROR event's code, or the HTTP status of a refused watch)."""
+
+    def __init__(self, api: KubernetesClient) -> None:
+        self.api, self.lists, self.watches, self.errors = api, 0, 0, list[int | None]()
+
+    def list_secret(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
+        self.lists += 1
+        return self.api.list_secret(namespace, name)
+
+    def watch(self, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        self.watches += 1
+        try:
+            for event in self.api.watch(path, **kwargs):
+                if event.get("type") == "ERROR":
+                    self.errors.append((event.get("object") or {}).get("code"))
+                yield event
+        except KubeError as exc:
+            self.errors.append(exc.status)
+            raise
+
+
+@pytest.fixture(scope="module")
+def etcd_watch_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealAPIServer]:
+    """A server that watches Secrets straight from etcd (``--watch-cache-sizes=secrets#0``, a
+    setting real clusters use), so a watch resumed from a compacted revision meets etcd's own 410."""
+    server = RealAPIServer(tmp_path_factory.mktemp("kube-etcd-watch"), "--watch-cache-sizes=secrets#0").start()
+    yield server
+    server.stop()
+
+
+def test_watch_resumed_after_compaction_relists(etcd_watch_apiserver: RealAPIServer, tmp_path: Path) -> None:
+    """A watch resumed (after its server-side timeout) from a revision etcd has compacted away gets
+    a real 410 Gone; the Secret watcher lists again and keeps following rotations."""
+    server = etcd_watch_apiserver
+    _create(server, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    _create(server, _secret("central", "SENTINEL-w-1"))
+    api = _RecordingAPI(KubernetesClient(str(server.kubeconfig(tmp_path / "admin.json", server.admin_token))))
+    updates: list[SourceUpdate] = []
+    stop = threading.Event()
+    watcher = SecretWatcher(
+        api=api, namespace=NS, name="central", sink=updates.append, stop=stop, on_start=lambda _: None,
+        watch_timeout=(1, 1),
+    )  # fmt: skip
+    watcher.start()
+    try:
+        wait_for(lambda: api.watches >= 2, "a watch resumed after its timeout", timeout=30)
+        assert (1, []) == (api.lists, api.errors)
+        # Other writes move etcd past the Secret's revision, which the watcher resumes from.
+        for i in range(3):
+            _create(server, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"c{i}", "namespace": NS}})
+        server.compact_etcd()
+        wait_for(lambda: api.lists >= 2, "a list after the 410", timeout=30)
+        assert [410] == api.errors[:1]
+        status, _ = server.request(
+            "PUT", f"/api/v1/namespaces/{NS}/secrets/central", _secret("central", "SENTINEL-w-2")
+        )
+        assert 200 == status
+
+        def password() -> str:
+            last = updates[-1].result
+            return last.credentials[0].auth if last else ""
+
+        wait_for(lambda: password() == b64("puller:SENTINEL-w-2"), "the rotation after the relist", timeout=30)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)

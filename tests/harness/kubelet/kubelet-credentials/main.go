@@ -11,16 +11,28 @@
 //	    of the plugin with the config's args and env, response decoding and cache
 //	check-provider-config FILE
 //	    exit 0 when the kubelet would load the file, 1 with the kubelet's own error otherwise
+//	serve
+//	    answers JSON lines on stdin, one per line on stdout, so tests can ask thousands of
+//	    questions without a process each:
+//	    {"op": "read", "content": B64} -> {"ok": true, "entries": [{"key", "username", "password"}]}
+//	        (sorted by key) or {"ok": false, "error": ...}: what the kubelet loads from a
+//	        config.json with these bytes (ReadSpecificDockerConfigJSONFile, the call its search
+//	        order makes for each path; a file it rejects is skipped for the next path)
+//	    {"op": "lookup", "content": B64, "image": IMAGE} -> {"ok": true, "image": normalised,
+//	        "credentials": [...]}: its keyring (BasicDockerKeyring.Add, Lookup) over that file
 //
-// Output: {"image": normalised, "credentials": [{"username", "password"}...]} on stdout.
+// Output of lookup and provide: {"image": normalised, "credentials": [{"username", "password"}...]}.
 package main
 
 import (
+	"bufio"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -32,9 +44,18 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+// credential carries each value twice: as a JSON string (invalid UTF-8 replaced byte by byte by
+// Go's encoder) and as the exact bytes, base64-encoded, for comparisons that must not depend on
+// how the answer was transported.
 type credential struct {
-	Username string `json:"username"`
-	Password string `json:"password"`
+	Username      string `json:"username"`
+	Password      string `json:"password"`
+	UsernameBytes []byte `json:"usernameBytes"`
+	PasswordBytes []byte `json:"passwordBytes"`
+}
+
+func newCredential(username, password string) credential {
+	return credential{username, password, []byte(username), []byte(password)}
 }
 
 func fail(code int, format string, args ...any) {
@@ -55,18 +76,95 @@ func isolate() {
 	}
 }
 
-func printLookup(keyring credentialprovider.DockerKeyring, image string) {
+func lookup(keyring credentialprovider.DockerKeyring, image string) (string, []credential, error) {
 	repo, _, _, err := parsers.ParseImageName(image)
 	if err != nil {
-		fail(1, "image: %v", err)
+		return "", nil, fmt.Errorf("image: %v", err)
 	}
 	found, _ := keyring.Lookup(repo)
 	out := []credential{}
 	for _, c := range found {
-		out = append(out, credential{Username: c.Username, Password: c.Password})
+		out = append(out, newCredential(c.Username, c.Password))
+	}
+	return repo, out, nil
+}
+
+func printLookup(keyring credentialprovider.DockerKeyring, image string) {
+	repo, out, err := lookup(keyring, image)
+	if err != nil {
+		fail(1, "%v", err)
 	}
 	body, _ := json.Marshal(map[string]any{"image": repo, "credentials": out})
 	fmt.Println(string(body))
+}
+
+type entry struct {
+	Key string `json:"key"`
+	credential
+}
+
+// readConfig is what the kubelet loads from a config.json holding content, through the same
+// exported call its search order makes for each candidate path.
+func readConfig(dir string, content []byte) (credentialprovider.DockerConfig, error) {
+	path := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(path, content, 0o600); err != nil {
+		fail(2, "%v", err)
+	}
+	return credentialprovider.ReadSpecificDockerConfigJSONFile(path)
+}
+
+func answer(dir string, line []byte) map[string]any {
+	var request struct {
+		Op      string `json:"op"`
+		Content string `json:"content"`
+		Image   string `json:"image"`
+	}
+	if err := json.Unmarshal(line, &request); err != nil {
+		fail(2, "request: %v", err)
+	}
+	content, err := base64.StdEncoding.DecodeString(request.Content)
+	if err != nil {
+		fail(2, "request content: %v", err)
+	}
+	cfg, err := readConfig(dir, content)
+	if err != nil {
+		return map[string]any{"ok": false, "error": err.Error()}
+	}
+	switch request.Op {
+	case "read":
+		entries := []entry{}
+		for key, e := range cfg {
+			entries = append(entries, entry{Key: key, credential: newCredential(e.Username, e.Password)})
+		}
+		sort.Slice(entries, func(i, j int) bool { return entries[i].Key < entries[j].Key })
+		return map[string]any{"ok": true, "entries": entries}
+	case "lookup":
+		keyring := &credentialprovider.BasicDockerKeyring{}
+		keyring.Add(nil, cfg)
+		repo, out, err := lookup(keyring, request.Image)
+		if err != nil {
+			return map[string]any{"ok": false, "error": err.Error()}
+		}
+		return map[string]any{"ok": true, "image": repo, "credentials": out}
+	}
+	fail(2, "unknown op %q", request.Op)
+	return nil
+}
+
+func serve() {
+	dir, err := os.MkdirTemp("", "kubelet-credentials-serve-")
+	if err != nil {
+		fail(2, "%v", err)
+	}
+	defer os.RemoveAll(dir)
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 64<<20)
+	out := json.NewEncoder(os.Stdout)
+	for in.Scan() {
+		if err := out.Encode(answer(dir, in.Bytes())); err != nil {
+			fail(2, "%v", err)
+		}
+	}
 }
 
 // stubBinDir makes a bin dir with an executable stub for every provider name the file lists, so
@@ -152,6 +250,8 @@ func main() {
 		}
 		keyring := plugin.NewExternalCredentialProviderDockerKeyring(namespace, "pod", "pod-uid", name)
 		printLookup(keyring, args[0])
+	case "serve":
+		serve()
 	default:
 		fail(2, "unknown command %q", os.Args[1])
 	}

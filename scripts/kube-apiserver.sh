@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# A real Kubernetes API server for tests and experiments: kube-apiserver and etcd of k8s 1.34.4
+# (tests/harness/kubelet, built by `make k8s` into .cache/k8s/bin/), on 127.0.0.1.
+#
+#   scripts/kube-apiserver.sh up DIR [KUBE-APISERVER FLAG...]
+#       starts etcd and kube-apiserver (RBAC and the Node authorizer, ServiceAccount token
+#       authentication and TokenRequest, a static admin token), returns once /readyz is ok, and
+#       writes into DIR: admin.kubeconfig, admin.token, server.env (APISERVER_URL, ETCD_URL),
+#       the servers' logs and pids. Extra flags go to kube-apiserver (a later flag wins).
+#   scripts/kube-apiserver.sh down DIR
+#       stops both and keeps DIR (logs, etcd data) for a look.
+#
+# K8S_BIN names another directory holding kube-apiserver and etcd.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${K8S_BIN:-$root/.cache/k8s/bin}
+usage="usage: kube-apiserver.sh up DIR [FLAG...] | down DIR"
+command=${1:?$usage}
+dir=${2:?$usage}
+shift 2
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+stop() {
+    for name in kube-apiserver etcd; do
+        pidfile=$dir/$name.pid
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        if kill "$pid" 2>/dev/null; then
+            for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        rm -f "$pidfile"
+    done
+}
+
+case $command in
+down)
+    stop
+    ;;
+up)
+    [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ] || "$root/scripts/build-harness.sh" kubelet "$bin"
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    stop # a server left behind in DIR by an earlier run
+    umask 077
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/sa.key" 2>/dev/null
+    openssl pkey -in "$dir/sa.key" -pubout -out "$dir/sa.pub"
+    token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    echo "$token" >"$dir/admin.token"
+    echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
+    etcd_url=http://127.0.0.1:$(free_port)
+    port=$(free_port)
+    url=https://127.0.0.1:$port
+    setsid "$bin/etcd" "$dir/etcd" "$etcd_url" "http://127.0.0.1:$(free_port)" \
+        >"$dir/etcd.log" 2>&1 </dev/null &
+    echo $! >"$dir/etcd.pid"
+    setsid "$bin/kube-apiserver" --etcd-servers="$etcd_url" --bind-address=127.0.0.1 \
+        --advertise-address=127.0.0.1 --secure-port="$port" --cert-dir="$dir/certs" \
+        --service-account-issuer=https://kubernetes.default.svc \
+        --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
+        --service-cluster-ip-range=10.0.0.0/24 --authorization-mode=Node,RBAC \
+        --token-auth-file="$dir/tokens.csv" "$@" >"$dir/kube-apiserver.log" 2>&1 </dev/null &
+    echo $! >"$dir/kube-apiserver.pid"
+    deadline=$(($(date +%s) + 180))
+    until [ "$(curl -sk --max-time 5 -H "Authorization: Bearer $token" "$url/readyz" 2>/dev/null)" = ok ]; do
+        for name in etcd kube-apiserver; do
+            if ! kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; then
+                echo "$name exited; the end of $dir/$name.log:" >&2
+                tail -n 30 "$dir/$name.log" >&2
+                stop
+                exit 1
+            fi
+        done
+        if [ "$(date +%s)" -gt "$deadline" ]; then
+            echo "kube-apiserver not ready after 180 s; the end of $dir/kube-apiserver.log:" >&2
+            tail -n 30 "$dir/kube-apiserver.log" >&2
+            stop
+            exit 1
+        fi
+        sleep 0.5
+    done
+    # The server's self-signed certificate file carries its own CA: clients verify against it.
+    ca=$(base64 -w0 <"$dir/certs/apiserver.crt")
+    cat >"$dir/admin.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+current-context: admin
+clusters:
+- name: test
+  cluster: {server: "$url", certificate-authority-data: "$ca"}
+users:
+- name: admin
+  user: {token: "$token"}
+contexts:
+- name: admin
+  context: {cluster: test, user: admin}
+EOF
+    printf 'APISERVER_URL=%s\nETCD_URL=%s\n' "$url" "$etcd_url" >"$dir/server.env"
+    echo "kube-apiserver ready at $url (kubeconfig: $dir/admin.kubeconfig)"
+    ;;
+*)
+    echo "$usage" >&2
+    exit 2
+    ;;
+esac
