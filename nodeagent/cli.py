@@ -170,8 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_flags(p_run)
 
     p_install = sub.add_parser(
-        "install-provider", help="install the ECR credential-provider plugin and config, once (run --ecr does it too)"
+        "install-provider",
+        help="install the credential-provider plugins and config, once (run --ecr / --credential-provider "
+        "do it too); ECR unless --credential-provider is given without --ecr",
     )
+    p_install.add_argument("--ecr", action="store_true", default=_env_true("ECR"), help="install the ECR provider")
     _add_provider_flags(p_install)
     _add_host_flags(p_install)
 
@@ -306,9 +309,48 @@ def _add_provider_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--socket", default=_env("SOCKET", "/run/nodeagent/agent.sock"), help="agent socket (host path)"
     )
+    parser.add_argument(
+        "--credential-provider",
+        action="store_true",
+        default=_env_true("CREDENTIAL_PROVIDER"),
+        help="serve every registry's credentials through the kubelet's exec-plugin path "
+        "(nodeagent-credential-provider: a rotation reaches the next pull; namespace-scoped Secrets)",
+    )
+    parser.add_argument(
+        "--credential-provider-ports",
+        default=_env("CREDENTIAL_PROVIDER_PORTS", ""),
+        metavar="PORT,...",
+        help="registry ports to ask the provider for besides those in the sources (a new one needs a kubelet restart)",
+    )
+    parser.add_argument(
+        "--service-account-tokens",
+        action="store_true",
+        default=_env_true("SERVICE_ACCOUNT_TOKENS"),
+        help="have the kubelet pass each pod's ServiceAccount token (k8s >= 1.33, KEP-4412): serves "
+        "namespace-scoped credentials; a kubelet older than 1.33 does not start with it",
+    )
+    parser.add_argument(
+        "--service-account-token-audience",
+        default=_env("SERVICE_ACCOUNT_TOKEN_AUDIENCE", "nodeagent"),
+        help="the tokens' audience (the chart grants the nodes this audience)",
+    )
+    parser.add_argument(
+        "--provider-only",
+        action="store_true",
+        default=_env_true("PROVIDER_ONLY"),
+        help="with --credential-provider: leave node-wide credentials out of config.json (every kubelet "
+        "must run the provider, i.e. have been restarted since it was installed)",
+    )
 
 
-def _provider_settings(args: argparse.Namespace, required: bool) -> ProviderSettings | None:
+def _ports(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"--credential-provider-ports: {value!r} is not a comma-separated list of ports") from None
+
+
+def _provider_settings(args: argparse.Namespace, required: bool, *, ecr: bool = True) -> ProviderSettings | None:
     bin_dir, config = args.provider_bin_dir, args.provider_config
     if args.provider_preset:
         preset_bin, preset_config = PROVIDER_PRESETS[args.provider_preset]
@@ -317,7 +359,17 @@ def _provider_settings(args: argparse.Namespace, required: bool) -> ProviderSett
         if required:
             raise SettingsError("give --provider-preset, or both --provider-bin-dir and --provider-config")
         return None
-    return ProviderSettings(bin_dir=bin_dir, config_path=config, state_dir=args.state_dir, socket=args.socket)
+    return ProviderSettings(
+        bin_dir=bin_dir,
+        config_path=config,
+        state_dir=args.state_dir,
+        socket=args.socket,
+        ecr=ecr,
+        credentials=args.credential_provider,
+        ports=_ports(args.credential_provider_ports),
+        audience=args.service_account_token_audience if args.service_account_tokens else None,
+        config_json=not args.provider_only,
+    )
 
 
 def _env_flag(name: str) -> bool:
@@ -491,7 +543,9 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
             raise SettingsError(f"--ecr-regions: {region!r} is not an AWS region name")
     if (ecr_registries or ecr_regions) and not args.ecr:
         raise SettingsError("--ecr-registries and --ecr-regions need --ecr")
-    provider = _provider_settings(args, required=False) if args.ecr else None
+    provider = None
+    if args.ecr or args.credential_provider:
+        provider = _provider_settings(args, required=args.credential_provider, ecr=args.ecr)
     return RunSettings(
         sync=_settings(args, provider=provider),
         sources=tuple(specs),
@@ -555,9 +609,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             return _cmd_doctor(args)
         if args.command == "install-provider":
-            settings = _settings(args, provider=_provider_settings(args, required=True))
+            ecr = args.ecr or not args.credential_provider
+            settings = _settings(args, provider=_provider_settings(args, required=True, ecr=ecr))
             report = sync(HostFS(settings.host_root), settings, [], hold_all=True)
             log.info("provider_installed", written=report.written)
+            if report.written:
+                log.warning(
+                    "kubelet_restart_needed",
+                    reason="the kubelet reads its CredentialProviderConfig only when it starts",
+                    action="restart the kubelet (systemctl restart kubelet) for the provider to take effect",
+                )
             return EXIT_OK
         return _cmd_show(args)
     except SettingsError as exc:

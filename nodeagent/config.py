@@ -7,6 +7,7 @@ act on, never on first use.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -49,24 +50,62 @@ def _host_dir(value: str, flag: str) -> str:
     return str(path)
 
 
+_AUDIENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}")
+
+
 @dataclass(frozen=True)
 class ProviderSettings:
-    """Where the kubelet looks for credential-provider plugins and their config, and what our
-    plugin is told (it runs on the host, so these are host paths)."""
+    """Where the kubelet looks for credential-provider plugins and their config, which of our
+    providers are installed, and what the plugin is told (it runs on the host: host paths)."""
 
     bin_dir: str
     config_path: str
     state_dir: str = DEFAULT_STATE_DIR
     socket: str = "/run/nodeagent/agent.sock"
+    ecr: bool = True
+    """``nodeagent-ecr-credential-provider`` (``--ecr``, ``install-provider``)."""
+    credentials: bool = False
+    """``nodeagent-credential-provider`` for every registry (``--credential-provider``): the
+    kubelet asks it on every pull, so a rotation is used by the next pull, not 5 minutes later."""
+    ports: tuple[int, ...] = ()
+    """Registry ports the provider is asked for besides those in the sources: the kubelet compares
+    ports exactly, and reads the list only at start."""
+    audience: str | None = None
+    """Ask the kubelet for each pod's ServiceAccount token with this audience (KEP-4412): needed
+    to serve namespace-scoped credentials. Off by default: a kubelet older than 1.33 refuses to
+    start with ``tokenAttributes`` in its provider config."""
+    config_json: bool = True
+    """Keep node-wide credentials in config.json too. On by default: a kubelet that has not been
+    restarted since the provider was installed reads only config.json. Off avoids one failed
+    attempt with a stale config.json credential (cached by the kubelet for 5 minutes) after a
+    rotation, once every kubelet runs the provider."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bin_dir", _host_dir(self.bin_dir, "--provider-bin-dir"))
         object.__setattr__(self, "config_path", _host_dir(self.config_path, "--provider-config"))
         object.__setattr__(self, "socket", _host_dir(self.socket, "--socket"))
+        object.__setattr__(self, "ports", tuple(sorted(set(self.ports))))
+        if any(not 0 < port < 65536 for port in self.ports):
+            raise SettingsError("--credential-provider-ports: a port must be 1-65535")
+        if self.audience is not None and not _AUDIENCE.fullmatch(self.audience):
+            raise SettingsError("--service-account-token-audience: give a plain audience such as 'nodeagent'")
+        if not self.credentials and (self.audience or not self.config_json or self.ports):
+            raise SettingsError(
+                "--service-account-tokens, --credential-provider-ports and --no-config-json need --credential-provider"
+            )
 
     @property
     def plugin_path(self) -> str:
         return str(PurePosixPath(self.bin_dir) / "nodeagent-ecr-credential-provider")
+
+    @property
+    def static_plugin_path(self) -> str:
+        return str(PurePosixPath(self.bin_dir) / "nodeagent-credential-provider")
+
+    @property
+    def credentials_file(self) -> str:
+        """The file the credential provider answers from (0600, root; a host path)."""
+        return str(PurePosixPath(self.state_dir) / "provider-credentials.json")
 
     @property
     def plugin_args(self) -> list[str]:

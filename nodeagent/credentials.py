@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,13 +25,16 @@ from nodeagent.registries import MAX_KEY_BYTES, InvalidRegistry, decode_auth, ma
 __all__ = [
     "MAX_ENTRIES",
     "MAX_INPUT_BYTES",
+    "NAMESPACES_ANNOTATION",
     "EntryProblem",
     "Format",
     "MergeResult",
     "ParseResult",
     "RegistryCredential",
+    "ScopedCredential",
     "merge_credentials",
     "parse_docker_config",
+    "parse_namespaces",
     "parse_secret",
     "safe_key",
 ]
@@ -110,16 +115,31 @@ class ParseResult:
     warnings: tuple[EntryProblem, ...] = ()
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)
     """Every secret string seen in the input, rejected entries included, for the log redactor."""
+    namespaces: tuple[str, ...] | None = None
+    """Set when the source is scoped (``nodeagent.io/namespaces``): its credentials are served only
+    to pods of these namespaces (names or ``*`` globs), by the credential provider, never node-wide."""
+
+
+@dataclass(frozen=True)
+class ScopedCredential:
+    """A credential served only to pods of some namespaces (through the credential provider)."""
+
+    credential: RegistryCredential
+    namespaces: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class MergeResult:
-    """Credentials from every source, one per registry, in first-seen order (later sources win)."""
+    """Credentials from every source, one per registry, in first-seen order (later sources win).
+
+    ``credentials`` are node-wide (config.json, containerd, the provider); ``scoped`` ones are
+    kept apart, in source order, and reach only the credential provider."""
 
     credentials: tuple[RegistryCredential, ...]
     rejected: tuple[EntryProblem, ...]
     warnings: tuple[EntryProblem, ...]
     conflicts: tuple[EntryProblem, ...]
+    scoped: tuple[ScopedCredential, ...] = ()
 
     @property
     def held_registries(self) -> frozenset[str]:
@@ -240,8 +260,34 @@ def _secret_strings(entry: Any) -> set[str]:
     return found
 
 
+NAMESPACES_ANNOTATION = "nodeagent.io/namespaces"
+_NAMESPACE_GLOB = re.compile(r"[a-z0-9*]([-a-z0-9*]{0,61}[a-z0-9*])?")
+
+
+def parse_namespaces(value: Any) -> tuple[str, ...]:
+    """The ``nodeagent.io/namespaces`` annotation: comma-separated namespace names or ``*`` globs.
+    Raises ValueError naming what is wrong (an empty list, or a name no namespace can have)."""
+    if not isinstance(value, str):
+        raise ValueError("is not a string")
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    if not names:
+        raise ValueError("names no namespace (give names or globs such as 'team-a, ci-*')")
+    for name in names:
+        if not _NAMESPACE_GLOB.fullmatch(name):
+            raise ValueError(f"{name[:64]!r} is not a namespace name or a '*' glob of one")
+    return names
+
+
 def parse_secret(secret: Mapping[str, Any], *, source: str) -> ParseResult:
-    """Parse a Secret object (``type`` and base64 ``data``) of a docker config type."""
+    """Parse a Secret object (``type`` and base64 ``data``) of a docker config type; a Secret
+    annotated ``nodeagent.io/namespaces`` yields credentials scoped to those namespaces."""
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    namespaces = None
+    if isinstance(annotations, Mapping) and NAMESPACES_ANNOTATION in annotations:
+        try:
+            namespaces = parse_namespaces(annotations[NAMESPACES_ANNOTATION])
+        except ValueError as exc:
+            raise InputError(source, f"annotation {NAMESPACES_ANNOTATION} {exc}") from None
     secret_type = secret.get("type")
     if secret_type not in SECRET_TYPES:
         raise InputError(source, f"Secret type {safe_key(str(secret_type))!s} is not a docker config type")
@@ -253,7 +299,8 @@ def parse_secret(secret: Mapping[str, Any], *, source: str) -> ParseResult:
         raw = base64.b64decode(data[data_key], validate=True)
     except (binascii.Error, ValueError):
         raise InputError(source, f"Secret key '{data_key}' is not valid base64") from None
-    return parse_docker_config(raw, source=source, fmt=fmt)
+    result = parse_docker_config(raw, source=source, fmt=fmt)
+    return dataclasses.replace(result, namespaces=namespaces) if namespaces else result
 
 
 def merge_credentials(results: Sequence[ParseResult] | Iterable[ParseResult]) -> MergeResult:
@@ -262,9 +309,13 @@ def merge_credentials(results: Sequence[ParseResult] | Iterable[ParseResult]) ->
     rejected: list[EntryProblem] = []
     warnings: list[EntryProblem] = []
     conflicts: list[EntryProblem] = []
+    scoped: list[ScopedCredential] = []
     for result in results:
         rejected.extend(result.rejected)
         warnings.extend(result.warnings)
+        if result.namespaces:
+            scoped.extend(ScopedCredential(c, result.namespaces) for c in result.credentials)
+            continue
         for credential in result.credentials:
             previous = merged.get(credential.registry)
             if previous is not None:
@@ -278,4 +329,4 @@ def merge_credentials(results: Sequence[ParseResult] | Iterable[ParseResult]) ->
                     )
                 )
             merged[credential.registry] = credential
-    return MergeResult(tuple(merged.values()), tuple(rejected), tuple(warnings), tuple(conflicts))
+    return MergeResult(tuple(merged.values()), tuple(rejected), tuple(warnings), tuple(conflicts), tuple(scoped))

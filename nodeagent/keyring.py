@@ -18,10 +18,12 @@ Credential-provider ``matchImages`` use the same matching.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+# The matching rules live in the plugin, which the kubelet runs on the host with the standard
+# library only: doctor's model and the plugin's answers are one implementation.
+from nodeagent.ecr.plugin import DEFAULT_REGISTRY, is_docker_hub_image, keyring_key, url_matches
 from nodeagent.registries import InvalidRegistry, normalise_key
 
 __all__ = [
@@ -34,55 +36,12 @@ __all__ = [
     "url_matches",
 ]
 
-DEFAULT_REGISTRY = "index.docker.io"
-
 
 @dataclass(frozen=True)
 class Match:
     key: str  # as written in config.json
     normalised: str
     reason: str
-
-
-def _split(value: str) -> tuple[str, str, str]:
-    """host, port and path as the kubelet's SplitURL sees them (net.SplitHostPort, else no port)."""
-    hostport, _, path = value.partition("/")
-    if hostport.startswith("["):
-        end = hostport.find("]")
-        rest = hostport[end + 1 :]
-        if end > 0 and rest.startswith(":") and ":" not in rest[1:]:
-            return hostport[1:end], rest[1:], path
-        return hostport, "", path  # SplitHostPort fails: the whole host, brackets and all
-    if hostport.count(":") == 1:
-        host, port = hostport.split(":", 1)
-        return host, port, path
-    return hostport, "", path
-
-
-def url_matches(pattern: str, target: str) -> bool:
-    """The kubelet's URLsMatch: globs per DNS label, equal ports, path as a raw prefix."""
-    p_host, p_port, p_path = _split(pattern)
-    t_host, t_port, t_path = _split(target)
-    if p_port != t_port:
-        return False
-    p_labels, t_labels = p_host.split("."), t_host.split(".")
-    if len(p_labels) != len(t_labels):
-        return False
-    if not all(fnmatch.fnmatchcase(t, p) for p, t in zip(p_labels, t_labels, strict=True)):
-        return False
-    return t_path.startswith(p_path)
-
-
-def is_docker_hub_image(image: str) -> bool:
-    """The kubelet's isDefaultRegistryMatch."""
-    parts = image.split("/", 1)
-    if not parts[0]:
-        return False
-    if len(parts) == 1:
-        return True
-    if parts[0] in ("docker.io", "index.docker.io"):
-        return True
-    return not any(ch in parts[0] for ch in ".:")
 
 
 def image_registry_path(image: str) -> str:
@@ -113,13 +72,7 @@ def normalise_image(image: str) -> str:
 def kubelet_key(key: str) -> str:
     """A config.json key as the kubelet's keyring indexes it (the host's case kept)."""
     normalise_key(key)  # raises InvalidRegistry for keys no image could match
-    value = key if key.startswith(("https://", "http://")) else f"https://{key}"
-    rest = value.split("://", 1)[1]
-    host, slash, path = rest.partition("/")
-    path = slash + path
-    if path.startswith(("/v1/", "/v2/")):
-        path = path[3:]
-    return host if path in ("", "/") else host + path
+    return keyring_key(key)
 
 
 def lookup(

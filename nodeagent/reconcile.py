@@ -42,10 +42,16 @@ from nodeagent.targets.containerd import plan_containerd
 from nodeagent.targets.kubelet import render_kubelet_config
 from nodeagent.targets.provider import (
     CONFIG_TARGET,
+    CREDENTIALS_TARGET,
     PLUGIN_TARGET,
     PROVIDER_CONFIG_FILE,
+    ProviderRender,
+    ecr_entry,
+    registry_ports,
+    render_credentials_file,
     render_plugin,
     render_provider_config,
+    static_entry,
 )
 
 __all__ = [
@@ -232,8 +238,10 @@ def _plan(
     held = set(merged.held_registries)
     if hold_all and record is not None:
         held.update(record.owned.values())
+    provider = settings.provider
+    node_wide = not (provider is not None and provider.credentials and not provider.config_json)
     render = render_kubelet_config(
-        desired=merged.credentials,
+        desired=merged.credentials if node_wide else (),
         current=current,
         record=record,
         path=path,
@@ -242,7 +250,7 @@ def _plan(
     new_ledger = Ledger(files=dict(ledger.files), revision=compute_revision(merged.credentials))
     changes = [FileChange(path, current, render.content)]
     _record(new_ledger, path, render.record)
-    changes += _plan_provider(hostfs, settings, ledger, new_ledger, uninstall)
+    changes += _plan_provider(hostfs, settings, ledger, new_ledger, uninstall, merged, held, hold_all)
     changes += _plan_containerd(
         hostfs,
         settings,
@@ -265,12 +273,22 @@ def _record(ledger: Ledger, path: str, record: FileRecord) -> None:
 
 
 def _plan_provider(
-    hostfs: HostFS, settings: SyncSettings, ledger: Ledger, new_ledger: Ledger, uninstall: bool
+    hostfs: HostFS,
+    settings: SyncSettings,
+    ledger: Ledger,
+    new_ledger: Ledger,
+    uninstall: bool,
+    merged: MergeResult,
+    held: set[str],
+    hold_all: bool,
 ) -> list[FileChange]:
-    """The credential-provider plugin and config: installed when configured; removed only by
-    ``uninstall`` (cleanup), so a plain ``sync`` never takes away what ``--ecr`` installed."""
+    """The credential-provider plugins, config and credentials file: installed when configured;
+    removed only by ``uninstall`` (cleanup), so a plain ``sync`` never takes away what
+    ``--ecr`` or ``--credential-provider`` installed. ``hold_all`` (install-provider, which has
+    no sources) keeps a credentials file that is already there."""
     changes: list[FileChange] = []
     active: dict[str, str] = {}
+    entries: list[dict[str, Any]] = []
     provider = settings.provider
     if provider is not None:
         config_path = provider.config_path
@@ -278,11 +296,21 @@ def _plan_provider(
         # fresh node where it does not exist yet: the agent's own file goes inside (the chart's rule too).
         if hostfs.is_dir(config_path) or not config_path.endswith((".json", ".yaml", ".yml")):
             config_path = config_path.rstrip("/") + "/" + PROVIDER_CONFIG_FILE
-        active = {provider.plugin_path: PLUGIN_TARGET, config_path: CONFIG_TARGET}
+        if provider.ecr:
+            active[provider.plugin_path] = PLUGIN_TARGET
+            entries.append(ecr_entry(provider.plugin_args))
+        if provider.credentials:
+            active[provider.static_plugin_path] = PLUGIN_TARGET
+            active[provider.credentials_file] = CREDENTIALS_TARGET
+            ports = {*provider.ports, *registry_ports(merged)}
+            entries.append(
+                static_entry(credentials_file=provider.credentials_file, ports=ports, audience=provider.audience)
+            )
+        active[config_path] = CONFIG_TARGET
     stale = {
         p: r.target
         for p, r in ledger.files.items()
-        if uninstall and r.target in (PLUGIN_TARGET, CONFIG_TARGET) and p not in active
+        if uninstall and r.target in (PLUGIN_TARGET, CONFIG_TARGET, CREDENTIALS_TARGET) and p not in active
     }
     for path, target in {**active, **stale}.items():
         installing = path in active
@@ -291,9 +319,22 @@ def _plan_provider(
         if target == PLUGIN_TARGET:
             render = render_plugin(install=installing, current=current, record=record, path=path)
             mode = 0o755
+        elif target == CREDENTIALS_TARGET:
+            content = None
+            if installing and hold_all and current is not None:
+                content = current  # install-provider: the running agent's file stays as it is
+            elif installing:
+                content = render_credentials_file(
+                    credentials=merged.credentials, scoped=merged.scoped, current=current, held=held
+                )
+            created = record.created if record is not None else current is None
+            owned = {"credentials": "file"} if installing else {}
+            render = ProviderRender(content, FileRecord(CREDENTIALS_TARGET, created, owned))
+            mode = 0o600
         else:
-            args = provider.plugin_args if installing and provider is not None else None
-            render = render_provider_config(args=args, current=current, record=record, path=path)
+            render = render_provider_config(
+                entries=entries if installing else None, current=current, record=record, path=path
+            )
             # Keep the mode the node gave its file (a 0600 config may hold env secrets).
             mode = hostfs.mode(path) or 0o644
             backup_changes, content = _provider_backup(hostfs, settings, record, render, current)

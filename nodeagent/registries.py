@@ -180,7 +180,8 @@ def normalise_key(key: str) -> str:
         raise InvalidRegistry("registry key path contains '..'")
     if path.startswith(("/v1/", "/v2/")):
         path = path[3:]
-    canonical_host = host.lower() + (f":{port}" if port is not None else "")
+    # The host keeps its case: the kubelet matches it case-sensitively (filepath.Match per label).
+    canonical_host = host + (f":{port}" if port is not None else "")
     if path in ("", "/"):
         return canonical_host
     return canonical_host + path

@@ -187,6 +187,29 @@ def kubelet_provide(
     return [_pair(c) for c in json.loads(result.stdout)["credentials"]]
 
 
+class KubeletPlugins:
+    """One kubelet plugin manager (one cache) kept running: ``lookup(image)`` is what the kubelet
+    gets for a pull now, so a test can change the node between two pulls."""
+
+    def __init__(self, config: Path, bin_dir: Path, *, service_account: str = "", token: str = "") -> None:
+        extra = ["--service-account", service_account, "--token", token] if service_account else []
+        command = [str(harness_binary("kubelet", "kubelet-credentials")), "provide", "--config", str(config),
+                   "--bin-dir", str(bin_dir), *extra, "-"]  # fmt: skip
+        self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def lookup(self, image: str) -> list[tuple[str, str]]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(image + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        assert line, "the kubelet's plugin manager ended (its error is on stderr)"
+        return [_pair(c) for c in json.loads(line)["credentials"]]
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+
 class RealAPIServer:
     """kube-apiserver and etcd of k8s 1.34.4 on 127.0.0.1, started and stopped by
     scripts/kube-apiserver.sh (RBAC, the Node authorizer, ServiceAccount tokens, a static admin

@@ -20,7 +20,7 @@ from nodeagent.credentials import parse_docker_config
 from nodeagent.errors import TargetError
 from nodeagent.hostfs import HostFS
 from nodeagent.reconcile import sync
-from nodeagent.targets.provider import PLUGIN_NAME, render_provider_config
+from nodeagent.targets.provider import PLUGIN_NAME, ecr_entry, render_provider_config
 from tests.conftest import FIGURES, b64
 from tests.real_parsers import kubelet_check_provider_config, kubelet_lookup, kubelet_provide
 
@@ -144,7 +144,9 @@ def test_provider_config_refusals_match_the_kubelet(tmp_path: Path, case: str, f
     checked["configs"] += 1
     _record()
     try:
-        render = render_provider_config(args=["--state-dir", "/s"], current=text.encode(), record=None, path=str(path))
+        render = render_provider_config(
+            entries=[ecr_entry(["--state-dir", "/s"])], current=text.encode(), record=None, path=str(path)
+        )
     except TargetError:
         assert not kubelet_loads
         return

@@ -14,7 +14,7 @@ from nodeagent.config import ProviderSettings, SyncSettings
 from nodeagent.errors import TargetError
 from nodeagent.hostfs import HostFS
 from nodeagent.reconcile import cleanup, sync
-from nodeagent.targets.provider import PLUGIN_NAME, match_images, plugin_bytes, render_provider_config
+from nodeagent.targets.provider import PLUGIN_NAME, ecr_entry, match_images, plugin_bytes, render_provider_config
 
 ARGS = ["--state-dir", "/var/lib/nodeagent", "--socket", "/run/nodeagent/agent.sock"]
 AWS_PROVIDER = {
@@ -27,7 +27,7 @@ AWS_PROVIDER = {
 
 def _config(path: str, current: Any, fmt: str = "yaml") -> tuple[Any, Any]:
     raw = None if current is None else (json.dumps(current) if fmt == "json" else yaml.safe_dump(current)).encode()
-    render = render_provider_config(args=ARGS, current=raw, record=None, path=path)
+    render = render_provider_config(entries=[ecr_entry(ARGS)], current=raw, record=None, path=path)
     assert render.content is not None
     loaded = json.loads(render.content) if fmt == "json" else yaml.safe_load(render.content)
     return loaded, render
@@ -57,7 +57,7 @@ def test_other_providers_kept_and_restored(fmt: str) -> None:
     path = f"/etc/eks/image-credential-provider/config.{fmt}"
     doc, render = _config(path, original, fmt)
     assert ["ecr-credential-provider", PLUGIN_NAME] == [p["name"] for p in doc["providers"]]
-    removed = render_provider_config(args=None, current=render.content, record=render.record, path=path)
+    removed = render_provider_config(entries=None, current=render.content, record=render.record, path=path)
     assert removed.content is not None
     assert original == (json.loads(removed.content) if fmt == "json" else yaml.safe_load(removed.content))
 
@@ -69,7 +69,7 @@ def test_foreign_provider_with_our_name_parked() -> None:
     doc, render = _config("/c.yaml", original)
     assert [ARGS] == [p.get("args") for p in doc["providers"]]
     assert theirs == render.record.originals[PLUGIN_NAME]
-    removed = render_provider_config(args=None, current=render.content, record=render.record, path="/c.yaml")
+    removed = render_provider_config(entries=None, current=render.content, record=render.record, path="/c.yaml")
     assert removed.content is not None and original == yaml.safe_load(removed.content)
 
 
@@ -77,7 +77,7 @@ def test_foreign_provider_with_our_name_parked() -> None:
 def test_unusable_config_refused(current: bytes) -> None:
     """A config that is not a CredentialProviderConfig is never overwritten."""
     with pytest.raises(TargetError):
-        render_provider_config(args=ARGS, current=current, record=None, path="/c.yaml")
+        render_provider_config(entries=[ecr_entry(ARGS)], current=current, record=None, path="/c.yaml")
 
 
 def test_match_images_cover_every_host_form() -> None:

@@ -1,5 +1,17 @@
 #!/usr/bin/env python3
-"""nodeagent-ecr-credential-provider: a kubelet image credential-provider exec plugin for Amazon ECR.
+"""nodeagent's kubelet image credential-provider exec plugin, installed under two names:
+
+* ``nodeagent-ecr-credential-provider``: Amazon ECR tokens. They come from the cache the agent
+  keeps (``<state-dir>/ecr-tokens.json``, 0600) when they have more than 15 minutes left;
+  otherwise the agent is asked over its Unix socket. No AWS call is ever made here: botocore
+  stays in the agent container.
+* ``nodeagent-credential-provider`` (``--credentials FILE``): the registry credentials the agent
+  manages, for every registry, from the file the agent keeps current (0600, root). The agent
+  need not be running. Entries are chosen with the kubelet's own keyring rules (the same
+  matching as config.json keys, the Docker Hub fallback included); an entry scoped to
+  namespaces is served only when the request carries a ServiceAccount token (KEP-4412) of a pod
+  in one of them. Answers are not cached by the kubelet (``cacheDuration: 0s``), so a rotation
+  is used by the very next pull.
 
 The kubelet runs this file on the host with the host's ``python3``, so it imports only the
 standard library and nothing from the rest of nodeagent (the agent copies this very file to the
@@ -7,15 +19,12 @@ node). Protocol (kubelet credential provider API): a ``CredentialProviderRequest
 a ``CredentialProviderResponse`` JSON on stdout in the same apiVersion, exit 0; on any problem
 exit 1 with one line on stderr and nothing on stdout (the kubelet then treats it as "no
 credentials from this plugin").
-
-Tokens come from the cache the nodeagent agent keeps (``<state-dir>/ecr-tokens.json``, 0600)
-when they have more than 15 minutes left; otherwise the agent is asked over its Unix socket.
-No AWS call is ever made here: botocore stays in the agent container.
 """
 
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import math
 import os
@@ -49,20 +58,29 @@ MIN_REMAINING = 15 * 60
 SOCKET_TIMEOUT = 20.0
 """Well inside the kubelet's own 60 s limit for a plugin run."""
 CACHE_FILE = "ecr-tokens.json"
+CREDENTIALS_VERSION = 1
+"""Version of the credentials file the agent writes for ``--credentials``."""
+DEFAULT_REGISTRY = "index.docker.io"
 
 MAX_DEPTH = 32
 """Deepest JSON accepted on stdin, in the cache and from the socket (real documents nest 3 deep)."""
 
 __all__ = [
+    "CREDENTIALS_VERSION",
     "PRIVATE_HOST",
     "PUBLIC_HOSTS",
     "PUBLIC_KEY",
     "REGION",
     "go_duration",
     "is_cache_key",
+    "is_docker_hub_image",
+    "keyring_matches",
     "loads_strict",
     "parse_ecr_host",
+    "respond_static",
     "run",
+    "token_namespace",
+    "url_matches",
 ]
 
 
@@ -222,10 +240,146 @@ def _split_token(token: str) -> tuple[str, str]:
     return user, password
 
 
-def respond(
-    request: Any, *, state_dir: str, socket_path: str, now: float, timeout: float = SOCKET_TIMEOUT
-) -> dict[str, Any]:
-    """The response for a request, or PluginError."""
+# -- the kubelet's keyring rules (pkg/credentialprovider/keyring.go, k8s 1.34) ---------------------
+def _split(value: str) -> tuple[str, str, str]:
+    """host, port and path as the kubelet's SplitURL sees them (net.SplitHostPort, else no port)."""
+    hostport, _, path = value.partition("/")
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        rest = hostport[end + 1 :]
+        if end > 0 and rest.startswith(":") and ":" not in rest[1:]:
+            return hostport[1:end], rest[1:], path
+        return hostport, "", path  # SplitHostPort fails: the whole host, brackets and all
+    if hostport.count(":") == 1:
+        host, port = hostport.split(":", 1)
+        return host, port, path
+    return hostport, "", path
+
+
+def url_matches(pattern: str, target: str) -> bool:
+    """The kubelet's URLsMatch: globs per DNS label, equal ports, path as a raw prefix."""
+    p_host, p_port, p_path = _split(pattern)
+    t_host, t_port, t_path = _split(target)
+    if p_port != t_port:
+        return False
+    p_labels, t_labels = p_host.split("."), t_host.split(".")
+    if len(p_labels) != len(t_labels):
+        return False
+    if not all(fnmatch.fnmatchcase(t, p) for p, t in zip(p_labels, t_labels, strict=True)):
+        return False
+    return t_path.startswith(p_path)
+
+
+def is_docker_hub_image(image: str) -> bool:
+    """The kubelet's isDefaultRegistryMatch."""
+    parts = image.split("/", 1)
+    if not parts[0]:
+        return False
+    if len(parts) == 1:
+        return True
+    if parts[0] in ("docker.io", "index.docker.io"):
+        return True
+    return not any(ch in parts[0] for ch in ".:")
+
+
+def keyring_key(key: str) -> str:
+    """A config.json key as the kubelet's keyring files it: scheme gone, a /v1/ or /v2/ path
+    prefix gone, the host's case kept."""
+    for scheme in ("https://", "http://"):
+        if key.startswith(scheme):
+            key = key[len(scheme) :]
+            break
+    host, slash, path = key.partition("/")
+    path = slash + path
+    if path.startswith(("/v1/", "/v2/")):
+        path = path[3:]
+    return host if path in ("", "/") else host + path
+
+
+def keyring_matches(image: str, keys: list[str]) -> list[str]:
+    """The keys the kubelet's keyring tries for ``image`` (a normalised repository, as the kubelet
+    passes it), most specific first; the ``index.docker.io`` key only when nothing matched."""
+    index: dict[str, list[str]] = {}
+    for key in keys:
+        index.setdefault(keyring_key(key), []).append(key)
+    found = [k for indexed in sorted(index, reverse=True) if url_matches(indexed, image) for k in index[indexed]]
+    if not found and is_docker_hub_image(image):
+        found = list(index.get(DEFAULT_REGISTRY, []))
+    return found
+
+
+def token_namespace(token: Any) -> str | None:
+    """The namespace in a ServiceAccount token's claims. The kubelet minted the token for the pod
+    it is pulling for and runs this plugin as root: the claims are trusted, not verified."""
+    if not isinstance(token, str) or token.count(".") != 2:
+        return None
+    payload = token.split(".")[1]
+    try:
+        claims = loads_strict(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except ValueError:
+        return None
+    if not isinstance(claims, dict):
+        return None
+    namespace = (
+        (claims.get("kubernetes.io") or {}).get("namespace") if isinstance(claims.get("kubernetes.io"), dict) else None
+    )
+    if not isinstance(namespace, str):
+        parts = str(claims.get("sub", "")).split(":")
+        namespace = parts[2] if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"] else None
+    return namespace or None
+
+
+def _read_credentials(path: str) -> list[dict[str, Any]]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PluginError(f"cannot read {path}: {exc.strerror or exc} (is nodeagent installed on this node?)") from None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            document = loads_strict(handle.read(16 << 20))
+    except (OSError, ValueError):
+        raise PluginError(f"{path} is not a credentials file nodeagent wrote") from None
+    if not isinstance(document, dict) or document.get("version") != CREDENTIALS_VERSION:
+        raise PluginError(f"{path} is not a credentials file of version {CREDENTIALS_VERSION}")
+    entries = document.get("entries")
+    if not isinstance(entries, list):
+        raise PluginError(f"{path} has no entries list")
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("key"), str)]
+
+
+def _served(entry: dict[str, Any], namespace: str | None) -> bool:
+    scope = entry.get("namespaces")
+    if scope is None:
+        return True
+    return (
+        namespace is not None
+        and isinstance(scope, list)
+        and any(isinstance(glob, str) and fnmatch.fnmatchcase(namespace, glob) for glob in scope)
+    )
+
+
+def respond_static(request: Any, *, credentials_file: str) -> dict[str, Any]:
+    """The response for a request from the agent's credentials file, or PluginError."""
+    api_version, image = _check_request(request)
+    namespace = token_namespace(request.get("serviceAccountToken")) if api_version == API_VERSIONS[0] else None
+    entries = [e for e in _read_credentials(credentials_file) if _served(e, namespace)]
+    auth: dict[str, dict[str, str]] = {}
+    # A key both scoped and node-wide: the entry listed first (the agent lists scoped ones first) wins.
+    for key in keyring_matches(image, [e["key"] for e in entries]):
+        entry = next(e for e in entries if e["key"] == key)
+        username, password = entry.get("username"), entry.get("password")
+        if key not in auth and isinstance(username, str) and isinstance(password, str):
+            auth[key] = {"username": username, "password": password}
+    return {
+        "apiVersion": api_version,
+        "kind": "CredentialProviderResponse",
+        "cacheKeyType": "Image",
+        "cacheDuration": "0s",  # not cached: a rotation is the answer to the very next pull
+        "auth": auth,
+    }
+
+
+def _check_request(request: Any) -> tuple[str, str]:
     if not isinstance(request, dict):
         raise PluginError("request is not a JSON object")
     api_version = request.get("apiVersion")
@@ -236,6 +390,14 @@ def respond(
     image = request.get("image")
     if not isinstance(image, str) or not image:
         raise PluginError("request has no image")
+    return str(api_version), image
+
+
+def respond(
+    request: Any, *, state_dir: str, socket_path: str, now: float, timeout: float = SOCKET_TIMEOUT
+) -> dict[str, Any]:
+    """The response for a request, or PluginError."""
+    api_version, image = _check_request(request)
     host = _image_host(image)
     key = parse_ecr_host(host)
     if key is None:
@@ -262,6 +424,7 @@ def run(stdin: IO[str], stdout: IO[str], argv: list[str], stderr: IO[str] | None
     options = {
         "--state-dir": os.environ.get("NODEAGENT_STATE_DIR", "/var/lib/nodeagent"),
         "--socket": os.environ.get("NODEAGENT_SOCKET", "/run/nodeagent/agent.sock"),
+        "--credentials": "",
     }
     for i, arg in enumerate(argv):  # --flag VALUE or --flag=VALUE; unknown arguments are ignored
         name, eq, value = arg.partition("=")
@@ -275,9 +438,15 @@ def run(stdin: IO[str], stdout: IO[str], argv: list[str], stderr: IO[str] | None
             request = loads_strict(stdin.read(1 << 20))
         except ValueError:
             raise PluginError("stdin is not a JSON CredentialProviderRequest") from None
-        response = respond(request, state_dir=options["--state-dir"], socket_path=options["--socket"], now=time.time())
+        if options["--credentials"]:
+            response = respond_static(request, credentials_file=options["--credentials"])
+        else:
+            response = respond(
+                request, state_dir=options["--state-dir"], socket_path=options["--socket"], now=time.time()
+            )
     except PluginError as exc:
-        err.write(f"nodeagent-ecr-credential-provider: {exc}\n")
+        name = "nodeagent-credential-provider" if options["--credentials"] else "nodeagent-ecr-credential-provider"
+        err.write(f"{name}: {exc}\n")
         return 1
     stdout.write(json.dumps(response))
     stdout.write("\n")

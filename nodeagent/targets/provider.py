@@ -1,5 +1,7 @@
-"""The credential-provider target: the plugin file and our entry in the kubelet's
-``CredentialProviderConfig``. Pure renderers, like every target.
+"""The credential-provider target: the plugin files, our entries in the kubelet's
+``CredentialProviderConfig`` (``nodeagent-ecr-credential-provider`` for ECR tokens,
+``nodeagent-credential-provider`` for every registry the agent manages), and the credentials file
+the latter answers from. Pure renderers, like every target.
 
 The config is YAML or JSON by the file's extension (the kubelet accepts both); when the
 configured path is a directory (kubelet >= 1.34 merges every ``*.json|*.yaml|*.yml`` in it), the
@@ -11,30 +13,47 @@ merge (PyYAML does not keep them); JSON and YAML key order is.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import yaml
 
+from nodeagent.credentials import MergeResult, RegistryCredential, ScopedCredential
 from nodeagent.decoding import DecodeError, loads_json, loads_yaml
+from nodeagent.ecr.plugin import CREDENTIALS_VERSION
 from nodeagent.errors import TargetError
 from nodeagent.ledger import FileRecord
+from nodeagent.registries import InvalidRegistry, decode_auth, split_host_port
 
 __all__ = [
     "CONFIG_TARGET",
+    "CREDENTIALS_TARGET",
     "PLUGIN_NAME",
     "PLUGIN_TARGET",
     "PROVIDER_CONFIG_FILE",
+    "STATIC_PLUGIN_NAME",
     "ProviderRender",
+    "catch_all_images",
+    "ecr_entry",
     "match_images",
     "plugin_bytes",
     "provider_config_problem",
+    "registry_ports",
+    "render_credentials_file",
     "render_plugin",
     "render_provider_config",
+    "static_entry",
 ]
 
 PLUGIN_NAME = "nodeagent-ecr-credential-provider"
+STATIC_PLUGIN_NAME = "nodeagent-credential-provider"
+"""The same plugin file, answering from the agent's credentials file for every registry."""
+CREDENTIALS_TARGET = "provider-credentials"
+MAX_LABELS = 10
+"""Host label counts the catch-all covers (an ECR host in China has 7): each ``*`` in a
+``matchImages`` pattern matches exactly one DNS label."""
 PLUGIN_TARGET = "provider-plugin"
 PROVIDER_CONFIG_FILE = "nodeagent-ecr.yaml"
 """Our own file when the configured provider config path is a directory (kubelet >= 1.34)."""
@@ -89,7 +108,8 @@ def render_plugin(*, install: bool, current: bytes | None, record: FileRecord | 
     return ProviderRender(None if record.created else current, FileRecord(PLUGIN_TARGET))
 
 
-def provider_entry(args: list[str]) -> dict[str, Any]:
+def ecr_entry(args: list[str]) -> dict[str, Any]:
+    """Our ECR provider entry."""
     return {
         "name": PLUGIN_NAME,
         "matchImages": match_images(),
@@ -97,6 +117,93 @@ def provider_entry(args: list[str]) -> dict[str, Any]:
         "apiVersion": PROVIDER_API_VERSION,
         "args": list(args),
     }
+
+
+def catch_all_images(ports: Iterable[int]) -> list[str]:
+    """``matchImages`` that send every image to the plugin: one glob per host label count (``*``
+    is one label), and the same again for each port (a port is compared exactly and cannot be a
+    glob). A registry on a port not listed here is not asked for: the kubelet reads the list at
+    start, so a new port needs a kubelet restart."""
+    globs = [".".join(["*"] * n) for n in range(1, MAX_LABELS + 1)]
+    return [*globs, *(f"{glob}:{port}" for port in sorted(set(ports)) for glob in globs)]
+
+
+def static_entry(*, credentials_file: str, ports: Iterable[int], audience: str | None) -> dict[str, Any]:
+    """Our provider entry for every registry. ``defaultCacheDuration`` 0: the plugin's own
+    answers say ``cacheDuration: 0s`` anyway, so a rotation reaches the very next pull. With an
+    ``audience``, the kubelet passes each pod's ServiceAccount token (KEP-4412, k8s >= 1.33
+    with the feature gate, on by default from 1.34), which scopes credentials to namespaces."""
+    entry: dict[str, Any] = {
+        "name": STATIC_PLUGIN_NAME,
+        "matchImages": catch_all_images(ports),
+        "defaultCacheDuration": "0s",
+        "apiVersion": PROVIDER_API_VERSION,
+        "args": ["--credentials", credentials_file],
+    }
+    if audience:
+        entry["tokenAttributes"] = {
+            "serviceAccountTokenAudience": audience,
+            "cacheType": "ServiceAccount",
+            "requireServiceAccount": False,
+        }
+    return entry
+
+
+def registry_ports(merged: MergeResult) -> set[int]:
+    """The ports of every registry the sources name (node-wide and scoped): the provider's
+    ``matchImages`` must list each one, as the kubelet compares ports exactly."""
+    ports: set[int] = set()
+    for credential in [*merged.credentials, *(s.credential for s in merged.scoped)]:
+        try:
+            _, port = split_host_port(credential.registry.split("/", 1)[0])
+        except InvalidRegistry:
+            continue
+        if port is not None:
+            ports.add(port)
+    return ports
+
+
+def _credential_entry(credential: RegistryCredential, namespaces: Sequence[str] | None) -> dict[str, Any]:
+    entry = credential.entry()
+    username, password = credential.username, credential.password
+    if entry.get("auth"):
+        username, password = decode_auth(entry["auth"])
+    return {
+        "key": credential.key,
+        "registry": credential.registry,
+        "username": username,
+        "password": password,
+        "namespaces": list(namespaces) if namespaces is not None else None,
+    }
+
+
+def render_credentials_file(
+    *,
+    credentials: Sequence[RegistryCredential],
+    scoped: Sequence[ScopedCredential],
+    current: bytes | None,
+    held: Collection[str] = (),
+) -> bytes:
+    """The file ``nodeagent-credential-provider`` answers from: scoped entries first (they win
+    over a node-wide entry of the same key for pods they are served to), then node-wide ones.
+    A ``held`` registry (its source entry was rejected) keeps the node-wide entry it had."""
+    entries = [_credential_entry(s.credential, s.namespaces) for s in scoped]
+    entries += [_credential_entry(c, None) for c in credentials if not c.token_only]
+    wanted = {c.registry for c in credentials}
+    if held and current is not None:
+        try:
+            previous = loads_json(current).get("entries") or []
+        except (DecodeError, AttributeError):
+            previous = []
+        entries += [
+            e
+            for e in previous
+            if isinstance(e, dict)
+            and e.get("registry") in held
+            and e.get("registry") not in wanted
+            and e.get("namespaces") is None
+        ]
+    return (json.dumps({"version": CREDENTIALS_VERSION, "entries": entries}, indent=1) + "\n").encode()
 
 
 def _load(current: bytes, path: str, fmt: str) -> dict[str, Any]:
@@ -169,31 +276,31 @@ def provider_config_problem(document: dict[str, Any]) -> str | None:
 
 
 def render_provider_config(
-    *, args: list[str] | None, current: bytes | None, record: FileRecord | None, path: str
+    *, entries: Sequence[dict[str, Any]] | None, current: bytes | None, record: FileRecord | None, path: str
 ) -> ProviderRender:
-    """Merge (``args`` given) or remove (``args`` None) our provider entry."""
+    """Merge our provider ``entries`` into the config (None: remove every entry we own). A
+    foreign provider with one of our names is parked in the ledger and restored when ours goes."""
     fmt = "json" if path.endswith(".json") else "yaml"
     old = record or FileRecord(CONFIG_TARGET, created=current is None)
-    if current is None and args is None:
+    if current is None and not entries:
         return ProviderRender(None, FileRecord(CONFIG_TARGET))
     document = _load(current, path, fmt) if current is not None else {}
-    providers = [
-        p
-        for p in document.get("providers", [])
-        if not (isinstance(p, dict) and p.get("name") == PLUGIN_NAME and PLUGIN_NAME in old.owned)
-    ]
+    providers = [p for p in document.get("providers", []) if not (isinstance(p, dict) and p.get("name") in old.owned)]
     new = FileRecord(CONFIG_TARGET, created=old.created or current is None)
-    foreign_ours = [p for p in providers if isinstance(p, dict) and p.get("name") == PLUGIN_NAME]
-    if args is not None:
-        if foreign_ours:
-            new.originals[PLUGIN_NAME] = foreign_ours[-1]
-            providers = [p for p in providers if p not in foreign_ours]
-        elif PLUGIN_NAME in old.originals:
-            new.originals[PLUGIN_NAME] = old.originals[PLUGIN_NAME]
-        providers.append(provider_entry(args))
-        new.owned[PLUGIN_NAME] = "provider"
-    elif PLUGIN_NAME in old.originals and not foreign_ours:
-        providers.append(old.originals[PLUGIN_NAME])
+    names = [entry["name"] for entry in entries or ()]
+    for name, original in old.originals.items():
+        if name not in names and not any(isinstance(p, dict) and p.get("name") == name for p in providers):
+            providers.append(original)  # ours went away: the node's own entry comes back
+    for entry in entries or ():
+        name = entry["name"]
+        foreign = [p for p in providers if isinstance(p, dict) and p.get("name") == name]
+        if foreign:
+            new.originals[name] = foreign[-1]
+            providers = [p for p in providers if p not in foreign]
+        elif name in old.originals:
+            new.originals[name] = old.originals[name]
+        providers.append(entry)
+        new.owned[name] = "provider"
     if not providers and new.created and set(document) <= {"apiVersion", "kind", "providers"}:
         return ProviderRender(None, FileRecord(CONFIG_TARGET))
     document.setdefault("apiVersion", CONFIG_API_VERSIONS[0])

@@ -8,7 +8,9 @@
 //	    working directory point at empty directories), after its image-name normalisation
 //	provide --config FILE --bin-dir DIR [--service-account NS/NAME --token JWT] IMAGE
 //	    the same through the kubelet's plugin manager: strict config load and validation, exec
-//	    of the plugin with the config's args and env, response decoding and cache
+//	    of the plugin with the config's args and env, response decoding and cache; IMAGE "-"
+//	    reads one image a line from stdin and answers each on a line, all through one plugin
+//	    manager (one cache), so a test can change the node between two pulls
 //	check-provider-config FILE
 //	    exit 0 when the kubelet would load the file, 1 with the kubelet's own error otherwise
 //	serve
@@ -249,7 +251,14 @@ func main() {
 			fail(1, "%v", err)
 		}
 		keyring := plugin.NewExternalCredentialProviderDockerKeyring(namespace, "pod", "pod-uid", name)
-		printLookup(keyring, args[0])
+		if args[0] != "-" {
+			printLookup(keyring, args[0])
+			return
+		}
+		in := bufio.NewScanner(os.Stdin)
+		for in.Scan() {
+			printLookup(keyring, in.Text())
+		}
 	case "serve":
 		serve()
 	default:

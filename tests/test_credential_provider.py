@@ -1,0 +1,270 @@
+"""nodeagent-credential-provider: every registry's credentials through the kubelet's exec-plugin
+path, judged by the kubelet's own plugin manager (k8s 1.34.4, tests/harness/kubelet): what it
+gets for an image equals what its keyring gets from the same credentials in config.json; a
+rotation is the answer to the very next pull; namespace-scoped Secrets reach only pods of those
+namespaces, and never config.json."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nodeagent.config import ProviderSettings, SyncSettings
+from nodeagent.credentials import ParseResult, parse_docker_config, parse_namespaces, parse_secret
+from nodeagent.ecr import plugin
+from nodeagent.errors import InputError
+from nodeagent.hostfs import HostFS
+from nodeagent.reconcile import sync
+from nodeagent.targets.provider import STATIC_PLUGIN_NAME, catch_all_images
+from tests.conftest import FIGURES, b64
+from tests.real_parsers import (
+    KubeletPlugins,
+    kubelet_check_provider_config,
+    kubelet_keyring_lookup,
+    kubelet_provide,
+)
+
+BIN = "/usr/libexec/kubernetes/credential-providers"
+CONFIG = "/etc/kubernetes/credential-providers"
+API = "credentialprovider.kubelet.k8s.io/v1"
+
+
+def _source(entries: dict[str, str], name: str = "s") -> ParseResult:
+    config = {"auths": {key: {"auth": b64(f"user-{password}:{password}")} for key, password in entries.items()}}
+    return parse_docker_config(json.dumps(config).encode(), source=name)
+
+
+def _scoped(entries: dict[str, str], namespaces: str) -> ParseResult:
+    config = {"auths": {key: {"auth": b64(f"user-{password}:{password}")} for key, password in entries.items()}}
+    secret = {
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {
+            "name": "scoped",
+            "namespace": "nodeagent",
+            "annotations": {"nodeagent.io/namespaces": namespaces},
+        },
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
+    }
+    return parse_secret(secret, source="secret:nodeagent/scoped")
+
+
+class Node:
+    """A sandbox node with the credential provider installed by the agent."""
+
+    def __init__(self, root: Path, **provider: Any) -> None:
+        self.root = root / "host"
+        (self.root / "var/lib/kubelet").mkdir(parents=True, exist_ok=True)
+        self.provider = ProviderSettings(bin_dir=BIN, config_path=CONFIG, ecr=False, credentials=True, **provider)
+        self.settings = SyncSettings(host_root=str(self.root), provider=self.provider)
+
+    def sync(self, *sources: ParseResult) -> None:
+        sync(HostFS(self.root), self.settings, list(sources))
+        # The plugin runs on this machine, not in a chroot: point its --credentials at the sandbox.
+        config = self.config_path
+        document = yaml.safe_load(config.read_text())
+        for entry in document["providers"]:
+            entry["args"] = [str(self.root) + a if a.startswith("/") else a for a in entry["args"]]
+        config.write_text(yaml.safe_dump(document))
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG.lstrip("/") / "nodeagent-ecr.yaml"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / BIN.lstrip("/")
+
+    def config_json(self) -> bytes:
+        return (self.root / "var/lib/kubelet/config.json").read_bytes()
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def _pod_token(namespace: str) -> str:
+    """The claims of a token the kubelet gets for a pod (TokenRequest bound to the pod)."""
+    return _jwt({
+        "aud": ["nodeagent"], "sub": f"system:serviceaccount:{namespace}:default",
+        "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": "default", "uid": "u"},
+                          "pod": {"name": "p", "uid": "pu"}, "node": {"name": "node-a", "uid": "nu"}},
+    })  # fmt: skip
+
+
+checked = {"images": 0}
+
+_LABEL = st.from_regex(r"[a-z][a-z0-9]{0,4}", fullmatch=True)
+_KEY = st.one_of(
+    st.builds(lambda a: f"{a}.example.com", _LABEL),
+    st.builds(lambda a: f"{a}.example.com:5000", _LABEL),
+    st.builds(lambda a, p: f"https://{a}.example.com/{p}", _LABEL, _LABEL),
+    st.builds(lambda a: f"*.{a}.example", _LABEL),
+    st.sampled_from(["docker.io", "https://index.docker.io/v1/", "10.0.0.1:5000", "localhost:5000", "ghcr.io"]),
+)
+_IMAGES = ["nginx", "team/app:1", "docker.io/library/nginx", "ghcr.io/org/app", "10.0.0.1:5000/x/y",
+           "localhost:5000/app", "x.a.example/app", "a.example.com/app@sha256:" + "0" * 64]  # fmt: skip
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=st.lists(_KEY, min_size=1, max_size=5, unique=True), extra=st.lists(_KEY, max_size=2))
+def test_provider_answers_as_the_kubelet_reads_config_json(
+    tmp_path_factory: pytest.TempPathFactory, keys: list[str], extra: list[str]
+) -> None:
+    """For every image, the kubelet's plugin manager running the installed plugin gets exactly the
+    credentials the kubelet's keyring gets from the same credentials in config.json."""
+    node = Node(tmp_path_factory.mktemp("node"))
+    node.sync(_source({key: f"pw{i}" for i, key in enumerate(keys)}))
+    images = sorted({*_IMAGES, *(plugin.keyring_key(k).replace("*", "x") + "/app" for k in keys + extra)})
+    for image in images:
+        checked["images"] += 1
+        expected = kubelet_keyring_lookup(node.config_json(), image)
+        assert sorted(expected) == sorted(kubelet_provide(node.config_path, node.bin_dir, image)), image
+    FIGURES["credential provider judged by the kubelet's plugin manager"] = f"{checked['images']} image lookups"
+
+
+def test_installed_config_is_loaded_by_the_kubelet(tmp_path: Path) -> None:
+    """The provider entry (catch-all matchImages with the sources' ports, tokenAttributes under
+    v1) is a config the kubelet loads."""
+    node = Node(tmp_path, audience="nodeagent", ports=(8443,))
+    node.sync(_source({"r.example.com:5000": "a"}))
+    result = kubelet_check_provider_config(node.config_path)
+    assert (0, "") == (result.returncode, result.stderr)
+    (entry,) = yaml.safe_load(node.config_path.read_text())["providers"]
+    assert (STATIC_PLUGIN_NAME, API, "0s") == (entry["name"], entry["apiVersion"], entry["defaultCacheDuration"])
+    assert {"*.*.*:5000", "*.*.*:8443", "*", "*.*.*.*.*.*.*"} <= set(entry["matchImages"])
+    assert {"serviceAccountTokenAudience": "nodeagent", "cacheType": "ServiceAccount",
+            "requireServiceAccount": False} == entry["tokenAttributes"]  # fmt: skip
+
+
+def test_rotation_is_the_answer_to_the_next_pull(tmp_path: Path) -> None:
+    """Within one kubelet (one plugin cache), the pull after a rotation gets the new credential."""
+    node = Node(tmp_path)
+    node.sync(_source({"r.example.com": "old"}))
+    kubelet = KubeletPlugins(node.config_path, node.bin_dir)
+    try:
+        assert [("user-old", "old")] == kubelet.lookup("r.example.com/app")
+        node.sync(_source({"r.example.com": "new"}))
+        assert [("user-new", "new")] == kubelet.lookup("r.example.com/app")
+    finally:
+        kubelet.close()
+
+
+def test_scoped_credentials_reach_only_their_namespaces(tmp_path: Path) -> None:
+    """A Secret annotated nodeagent.io/namespaces is served by the provider to pods of those
+    namespaces (read from the ServiceAccount token the kubelet passes), to no other pod and
+    without a token to none, and it is never written to config.json."""
+    node = Node(tmp_path, audience="nodeagent")
+    node.sync(_source({"shared.example.com": "node"}), _scoped({"team.example.com": "SCOPED-secret"}, "team-a, ci-*"))
+    assert b"SCOPED" not in node.config_json()
+
+    def pull(namespace: str | None, image: str) -> list[tuple[str, str]]:
+        if namespace is None:
+            return kubelet_provide(node.config_path, node.bin_dir, image)
+        account = f"{namespace}/default"
+        return kubelet_provide(
+            node.config_path, node.bin_dir, image, service_account=account, token=_pod_token(namespace)
+        )
+
+    scoped = [("user-SCOPED-secret", "SCOPED-secret")]
+    assert (scoped, scoped, [], []) == (
+        pull("team-a", "team.example.com/app"),
+        pull("ci-42", "team.example.com/app"),
+        pull("team-b", "team.example.com/app"),
+        pull(None, "team.example.com/app"),
+    )
+    assert [("user-node", "node")] == pull("team-b", "shared.example.com/app")
+
+
+def test_provider_only_leaves_config_json_to_the_node(tmp_path: Path) -> None:
+    """With --provider-only the agent's credentials are served by the provider alone."""
+    node = Node(tmp_path, config_json=False)
+    (node.root / "var/lib/kubelet/config.json").write_text(json.dumps({"auths": {"own.example": {"auth": b64("o:p")}}}))
+    node.sync(_source({"r.example.com": "a"}))
+    assert ["own.example"] == list(json.loads(node.config_json())["auths"])
+    assert [("user-a", "a")] == kubelet_provide(node.config_path, node.bin_dir, "r.example.com/app")
+
+
+def test_cleanup_removes_the_provider(tmp_path: Path) -> None:
+    """cleanup takes the plugin, our provider entry and the credentials file away."""
+    from nodeagent.reconcile import cleanup
+
+    node = Node(tmp_path)
+    node.sync(_source({"r.example.com": "a"}))
+    cleanup(HostFS(node.root), node.settings)
+    assert [] == [
+        p.name for p in node.root.rglob("*") if p.is_file() and "nodeagent" in p.name and "credential" in p.name
+    ]
+
+
+@pytest.mark.parametrize("api", plugin.API_VERSIONS)
+def test_plugin_answers_every_api_version(tmp_path: Path, api: str) -> None:
+    """The response carries the request's apiVersion, cacheKeyType Image and cacheDuration 0s."""
+    path = tmp_path / "credentials.json"
+    path.write_text(json.dumps({"version": 1, "entries": [
+        {"key": "r.example.com", "username": "u", "password": "p", "namespaces": None}]}))  # fmt: skip
+    out = io.StringIO()
+    request = json.dumps({"apiVersion": api, "kind": "CredentialProviderRequest", "image": "r.example.com/app"})
+    assert 0 == plugin.run(io.StringIO(request), out, ["--credentials", str(path)])
+    assert {"apiVersion": api, "kind": "CredentialProviderResponse", "cacheKeyType": "Image", "cacheDuration": "0s",
+            "auth": {"r.example.com": {"username": "u", "password": "p"}}} == json.loads(out.getvalue())  # fmt: skip
+
+
+@pytest.mark.parametrize("content", [None, b"{", b'{"version": 2, "entries": []}', b"[]", b'{"version": 1}'])
+def test_plugin_without_a_usable_file_says_so_in_one_line(tmp_path: Path, content: bytes | None) -> None:
+    """A missing or foreign credentials file: exit 1, nothing on stdout, one line on stderr."""
+    path = tmp_path / "credentials.json"
+    if content is not None:
+        path.write_bytes(content)
+    out, err = io.StringIO(), io.StringIO()
+    request = json.dumps({"apiVersion": API, "kind": "CredentialProviderRequest", "image": "r.example.com/app"})
+    assert (1, "", 1) == (
+        plugin.run(io.StringIO(request), out, ["--credentials", str(path)], err),
+        out.getvalue(),
+        err.getvalue().count("\n"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("token", "namespace"),
+    [
+        (_pod_token("team-a"), "team-a"),
+        (_jwt({"sub": "system:serviceaccount:ci-1:builder"}), "ci-1"),
+        (_jwt({"sub": "system:node:node-a"}), None),
+        ("not-a-jwt", None),
+        ("a.%%%.c", None),
+        (_jwt({"kubernetes.io": ["x"]}), None),
+        (None, None),
+    ],
+)
+def test_token_namespace(token: Any, namespace: str | None) -> None:
+    """The namespace comes from the token's kubernetes.io claim (else its sub); nothing else is guessed."""
+    assert namespace == plugin.token_namespace(token)
+
+
+@pytest.mark.parametrize("value", ["", " , ", "Team", "a_b", "x" * 64, 5])
+def test_bad_namespaces_annotation_is_rejected(value: Any) -> None:
+    """A namespaces annotation that names no namespace is a clear error, not a node-wide credential."""
+    with pytest.raises(ValueError):
+        parse_namespaces(value)
+    with pytest.raises(InputError):
+        _scoped({"r.example.com": "p"}, value) if isinstance(value, str) else parse_secret(
+            {"type": "kubernetes.io/dockerconfigjson", "metadata": {"annotations": {"nodeagent.io/namespaces": value}},
+             "data": {".dockerconfigjson": ""}}, source="s")  # fmt: skip
+
+
+def test_catch_all_covers_ports_exactly() -> None:
+    """One glob per label count, repeated for each port: the kubelet matches ports exactly."""
+    images = catch_all_images([5000])
+    assert "*:5000" in images and "*.*.*.*.*.*.*.*.*.*:5000" in images
+    assert not any(":" in p for p in catch_all_images([]))
