@@ -6,7 +6,8 @@
 #       starts etcd and kube-apiserver (RBAC and the Node authorizer, ServiceAccount token
 #       authentication and TokenRequest, a static admin token), returns once /readyz is ok, and
 #       writes into DIR: admin.kubeconfig, admin.token, server.env (APISERVER_URL, ETCD_URL),
-#       the servers' logs and pids. Extra flags go to kube-apiserver (a later flag wins).
+#       the servers' logs and pids. Extra flags go to kube-apiserver (a later flag wins). Lines of
+#       DIR/extra-tokens.csv (TOKEN,USER,UID,"GROUP,...") are more static tokens, e.g. a node's.
 #   scripts/kube-apiserver.sh down DIR
 #       stops both and keeps DIR (logs, etcd data) for a look.
 #
@@ -52,6 +53,7 @@ up)
     token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
     echo "$token" >"$dir/admin.token"
     echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
+    if [ -f "$dir/extra-tokens.csv" ]; then cat "$dir/extra-tokens.csv" >>"$dir/tokens.csv"; fi
     etcd_url=http://127.0.0.1:$(free_port)
     port=$(free_port)
     url=https://127.0.0.1:$port

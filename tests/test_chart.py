@@ -63,6 +63,14 @@ FEATURES: dict[str, dict[str, Any]] = {
         }
     },
     "containerd-auth": {"containerd": {"enabled": True, "auth": True, "existingConfigMap": "my-registries"}},
+    "credential-provider": {
+        "credentialProvider": {
+            "enabled": True,
+            "providerPreset": "kubeadm",
+            "ports": [5000, 8443],
+            "serviceAccountTokens": {"enabled": True},
+        }
+    },
 }
 
 
@@ -251,7 +259,8 @@ def test_cleanup_mode_runs_cleanup() -> None:
 
 
 @pytest.mark.parametrize(
-    "feature", ["defaults", "everything", "minimal-rbac", "mounted-only", "containerd", "containerd-auth"]
+    "feature",
+    ["defaults", "everything", "minimal-rbac", "mounted-only", "containerd", "containerd-auth", "credential-provider"],
 )
 def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The args and NODEAGENT_* env the chart renders are accepted by the agent's own settings loader."""
@@ -287,6 +296,9 @@ def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.Monk
         {"containerd": {"configPath": "etc/containerd/config.toml"}},
         {"containerd": {"enabled": True, "restart": "signal"}},
         {"distribution": "k3s", "containerd": {"enabled": True, "auth": True}},
+        {"credentialProvider": {"enabled": True}},
+        {"credentialProvider": {"ports": [0]}},
+        {"credentialProvider": {"serviceAccountTokens": {"audience": "a b"}}},
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
@@ -367,3 +379,21 @@ def test_containerd_restart_privileges(restart: str, host_pid: bool, privileged:
     assert restart == args[args.index("--containerd-restart") + 1]
     for obj in objects:
         kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_credential_provider_flags_mounts_and_token_audience_grant() -> None:
+    """The credential provider gets its flags and the kubelet's plugin directories; with
+    ServiceAccount tokens the nodes (and only they) may request exactly the chosen audience."""
+    objects = render(FEATURES["credential-provider"])
+    args = container(objects)["args"]
+    assert ["--credential-provider", "--service-account-tokens", "--service-account-token-audience", "nodeagent",
+            "--credential-provider-ports", "5000,8443"] == args[args.index("--credential-provider"):][:6]  # fmt: skip
+    assert set(PROVIDER_PRESETS["kubeadm"]) <= set(host_paths(objects))
+    (role,) = [o for o in only(objects, "ClusterRole") if o["metadata"]["name"].endswith("-token-audience")]
+    assert [{"apiGroups": [""], "resources": ["nodeagent"], "verbs": ["request-serviceaccounts-token-audience"]}] == (
+        role["rules"]
+    )
+    (binding,) = [o for o in only(objects, "ClusterRoleBinding") if o["metadata"]["name"].endswith("-token-audience")]
+    assert [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}] == binding["subjects"]
+    without = render({"credentialProvider": {"enabled": True, "providerPreset": "kubeadm"}})
+    assert [] == [o for o in without if o["metadata"]["name"].endswith("-token-audience")]

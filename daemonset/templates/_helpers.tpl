@@ -94,9 +94,10 @@ Credential-provider paths for ECR, as "binDir|configPath" (mirrors nodeagent.con
 {{- $presets := dict
   "eks" (list "/etc/eks/image-credential-provider" "/etc/eks/image-credential-provider/config.json")
   "kubeadm" (list "/usr/libexec/kubernetes/credential-providers" "/etc/kubernetes/credential-providers") -}}
-{{- $preset := get $presets (.Values.ecr.providerPreset | default "") | default (list "" "") -}}
-{{- $bin := .Values.ecr.providerBinDir | default (index $preset 0) -}}
-{{- $config := .Values.ecr.providerConfig | default (index $preset 1) -}}
+{{- $cp := .Values.credentialProvider -}}
+{{- $preset := get $presets ($cp.providerPreset | default .Values.ecr.providerPreset | default "") | default (list "" "") -}}
+{{- $bin := $cp.providerBinDir | default .Values.ecr.providerBinDir | default (index $preset 0) -}}
+{{- $config := $cp.providerConfig | default .Values.ecr.providerConfig | default (index $preset 1) -}}
 {{- if and $bin $config }}{{ printf "%s|%s" $bin $config }}{{ end -}}
 {{- end }}
 

@@ -42,9 +42,16 @@ COLLECTIONS = {
 }
 
 
+NODE_TOKEN = "node-a-test-token"
+
+
 @pytest.fixture(scope="module")
 def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealAPIServer]:
-    server = RealAPIServer(tmp_path_factory.mktemp("kube")).start()
+    """The server, with the NodeRestriction admission plugin a real cluster runs and a static
+    token for the kubelet of node-a (user system:node:node-a, group system:nodes)."""
+    directory = tmp_path_factory.mktemp("kube")
+    (directory / "extra-tokens.csv").write_text(f'{NODE_TOKEN},system:node:node-a,node-a,"system:nodes"\n')
+    server = RealAPIServer(directory, "--enable-admission-plugins=NodeRestriction").start()
     yield server
     server.stop()
 
@@ -70,7 +77,10 @@ def chart_token(apiserver: RealAPIServer) -> str:
     """The chart (annotations and events on) installed in the real server, two Nodes, a Pod of the
     agent's ServiceAccount bound to node-a, and a token for it bound to that Pod."""
     _create(apiserver, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-    values = {"secrets": [{"name": "central"}], "annotations": {"enabled": True}, "events": {"enabled": True}}
+    values = {
+        "secrets": [{"name": "central"}], "annotations": {"enabled": True}, "events": {"enabled": True},
+        "credentialProvider": {"enabled": True, "providerPreset": "kubeadm", "serviceAccountTokens": {"enabled": True}},
+    }  # fmt: skip
     objects = [o for o in render(values) if o["kind"] in COLLECTIONS]
     for obj in objects:
         _create(apiserver, obj)
@@ -255,3 +265,47 @@ def test_watch_resumed_after_compaction_relists(etcd_watch_apiserver: RealAPISer
     finally:
         stop.set()
         watcher.join(timeout=10)
+
+
+def test_nodes_may_request_the_provider_audience(apiserver: RealAPIServer, chart_token: str, tmp_path: Path) -> None:
+    """With the chart's grant, node-a's kubelet gets a ServiceAccount token with the provider's
+    audience for a pod it runs (NodeRestriction checks exactly this), and no other audience;
+    nodeagent-credential-provider reads the pod's namespace from that real token and serves the
+    credentials scoped to it, through the kubelet's own plugin manager."""
+    from nodeagent.ecr import plugin
+    from tests.real_parsers import kubelet_provide
+    from tests.test_credential_provider import Node, _scoped, _source
+
+    _create(apiserver, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
+    _create(
+        apiserver, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": "team-a"}}
+    )
+    pod = _create(apiserver, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app", "namespace": "team-a"},
+        "spec": {"serviceAccountName": "app", "nodeName": "node-a",
+                 "containers": [{"name": "app", "image": "team.example.com/app:1"}]},
+    })  # fmt: skip
+
+    def token_request(audience: str) -> tuple[int, Any]:
+        return apiserver.request(
+            "POST",
+            "/api/v1/namespaces/team-a/serviceaccounts/app/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+             "spec": {"audiences": [audience], "expirationSeconds": 3600,
+                      "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "app",
+                                         "uid": pod["metadata"]["uid"]}}},
+            token=NODE_TOKEN,
+        )  # fmt: skip
+
+    # The node authorizer learns of the pod from its informers: wait until it lets node-a ask at all.
+    answers: list[tuple[int, Any]] = []
+    wait_for(lambda: answers.append(token_request("nodeagent")) or answers[-1][0] == 201, "a token", timeout=60)
+    assert 403 == token_request("another-audience")[0]
+    token = str(answers[-1][1]["status"]["token"])
+    assert "team-a" == plugin.token_namespace(token)
+
+    node = Node(tmp_path, audience="nodeagent")
+    node.sync(_source({"shared.example.com": "node"}), _scoped({"team.example.com": "SCOPED-real"}, "team-a"))
+    served = kubelet_provide(node.config_path, node.bin_dir, "team.example.com/app", service_account="team-a/app",
+                             token=token)  # fmt: skip
+    assert [("user-SCOPED-real", "SCOPED-real")] == served
