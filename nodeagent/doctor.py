@@ -34,7 +34,7 @@ from nodeagent.registries import InvalidRegistry, normalise_key
 from nodeagent.registry_settings import DOCKER_HUB_ALIASES
 from nodeagent.targets.containerd import detect_setup, dropin_path, is_managed
 from nodeagent.targets.kubelet import entry_credential, kubelet_entries, kubelet_problems
-from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE
+from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE, STATIC_PLUGIN_NAME
 
 __all__ = ["SCHEMA_VERSION", "Finding", "NodeFacts", "Report", "discover", "run_doctor"]
 
@@ -67,6 +67,12 @@ class NodeFacts:
     containerd_pid: int | None = None
     containerd_config: str | None = None
     containerd_started: float | None = None
+    kubelet_started: float | None = None
+    """When the kubelet process started (epoch seconds): it read its provider config then."""
+    kubelet_version: str | None = None
+    """``v1.34.1``, from the kubelet binary's ``--version``."""
+    kubelet_config: str | None = None
+    """The kubelet's ``--config`` file (KubeletConfiguration)."""
     source: str = "settings"
     """``process`` when read from the running kubelet, ``settings`` when from flags and presets."""
 
@@ -107,6 +113,24 @@ def _flag(cmdline: Sequence[str], name: str) -> str | None:
     return None
 
 
+def _kubelet_version(exe: str) -> str | None:
+    """``v1.34.1`` from ``kubelet --version`` ("Kubernetes v1.34.1"), or None."""
+    import subprocess
+
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    words = out.split()
+    return words[-1] if len(words) == 2 and words[-1].startswith("v") else None
+
+
+def _minor(version: str | None) -> int | None:
+    """The minor of a ``v1.MINOR...`` version, or None."""
+    parts = (version or "").lstrip("v").split(".")
+    return int(parts[1]) if len(parts) >= 2 and parts[0] == "1" and parts[1].isdigit() else None
+
+
 def discover(*, kubelet_root_dir: str, provider_config: str | None, provider_bin_dir: str | None) -> NodeFacts:
     """Read the running kubelet's and containerd's flags, when their processes are visible."""
     import psutil
@@ -125,6 +149,9 @@ def discover(*, kubelet_root_dir: str, provider_config: str | None, provider_bin
                 facts.provider_bin_dir = _flag(cmdline, "--image-credential-provider-bin-dir")
                 facts.kubelet_cwd = proc.cwd()
                 facts.kubelet_home = proc.environ().get("HOME")
+                facts.kubelet_config = _flag(cmdline, "--config")
+                facts.kubelet_started = process_start_time(proc.pid, proc.create_time())
+                facts.kubelet_version = _kubelet_version(f"/proc/{proc.pid}/exe")
             elif "containerd" in (name, exe) and facts.containerd_pid is None:
                 facts.containerd_pid = proc.pid
                 facts.containerd_config = _flag(cmdline, "--config") or _flag(cmdline, "-c")
@@ -138,6 +165,8 @@ class _Doctor:
     def __init__(self, hostfs: HostFS, facts: NodeFacts, state_dir: str, agent_root_dir: str, socket_path: str) -> None:
         self.fs, self.facts, self.state_dir = hostfs, facts, state_dir
         self.agent_root_dir, self.socket_path = agent_root_dir, socket_path
+        # The installed nodeagent-credential-provider's matchImages (doctor --image lists it).
+        self.static_match_images: list[str] = []
         self.findings: list[Finding] = []
         self.used: tuple[str, dict[str, Any]] | None = None
 
@@ -480,6 +509,29 @@ class _Doctor:
                             "put the registry's current CA certificate (PEM) at that path",
                         )
 
+    def check_image_pull_policy(self) -> None:
+        """KEP-2535: who may use an image pulled with node credentials (kubelet >= 1.33)."""
+        path = self.facts.kubelet_config
+        content = self._read(path) if path else None
+        if path is None or content is None:
+            return
+        try:
+            document = loads_yaml(content)
+        except DecodeError:
+            return  # the kubelet's own file: not ours to judge beyond this one field
+        policy = document.get("imagePullCredentialsVerificationPolicy") if isinstance(document, dict) else None
+        shown = policy if isinstance(policy, str) else "not set (the kubelet's default, NeverVerifyPreloadedImages)"
+        self.add(
+            "kubelet.image-pull-policy",
+            "info",
+            f"{path}: imagePullCredentialsVerificationPolicy {shown}",
+            "AlwaysVerify: a pod may use a cached image only with credentials that pulled it; otherwise an image "
+            "pulled with node credentials (config.json, a plugin without ServiceAccount tokens) serves every pod",
+            "for private images, use AlwaysVerify with namespace-scoped credentials (docs/security.md)"
+            if policy != "AlwaysVerify"
+            else "nothing to do",
+        )
+
     # -- credential provider ------------------------------------------------------------------
     def check_provider(self) -> None:
         facts = self.facts
@@ -510,35 +562,30 @@ class _Doctor:
                 "fix the file",
             )
             return
-        ours = providers.get(PLUGIN_NAME)
-        if ours is None:
+        ours = {name: providers[name] for name in (PLUGIN_NAME, STATIC_PLUGIN_NAME) if name in providers}
+        if not ours:
             self.add(
                 "provider.not-listed",
                 "error",
-                f"{PLUGIN_NAME} is not in {config_path}",
-                "the kubelet never runs the plugin",
-                "run the agent with --ecr",
+                f"neither {PLUGIN_NAME} nor {STATIC_PLUGIN_NAME} is in {config_path}",
+                "the kubelet never runs nodeagent's plugin",
+                "run the agent with --ecr or --credential-provider (or nodeagent install-provider)",
             )
             return
-        if ours.get("apiVersion") not in API_VERSIONS:
-            self.add(
-                "provider.api-version",
-                "error",
-                f"apiVersion {ours.get('apiVersion')!r}",
-                "the kubelet rejects the plugin's answers",
-                "use credentialprovider.kubelet.k8s.io/v1",
-            )
-        if facts.provider_bin_dir:
-            plugin = f"{facts.provider_bin_dir.rstrip('/')}/{PLUGIN_NAME}"
-            real = self.fs.real_path(plugin)
-            if not os.path.isfile(real) or not os.access(real, os.X_OK):
-                self.add(
-                    "provider.plugin-missing",
-                    "error",
-                    f"{plugin} is missing or not executable",
-                    "the kubelet cannot run it",
-                    "run the agent with --ecr",
-                )
+        for name, entry in ours.items():
+            self._check_provider_entry(name, entry)
+        static = ours.get(STATIC_PLUGIN_NAME)
+        if isinstance(static, dict) and isinstance(static.get("matchImages"), list):
+            self.static_match_images = [str(p) for p in static["matchImages"]]
+        self._check_restart_pending(config_path)
+        if PLUGIN_NAME not in ours:
+            self._check_python()
+            return
+        self._check_python()
+        self._check_token_cache()
+        self._check_socket()
+
+    def _check_python(self) -> None:
         if not any(
             os.access(self.fs.real_path(p), os.X_OK)
             for p in ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
@@ -550,8 +597,79 @@ class _Doctor:
                 "the plugin's #!/usr/bin/env python3 cannot start",
                 "install python3 on the node image",
             )
-        self._check_token_cache()
-        self._check_socket()
+
+    def _check_provider_entry(self, name: str, entry: Any) -> None:
+        facts = self.facts
+        if not isinstance(entry, dict):
+            return
+        if entry.get("apiVersion") not in API_VERSIONS:
+            self.add(
+                "provider.api-version",
+                "error",
+                f"{name}: apiVersion {entry.get('apiVersion')!r}",
+                "the kubelet rejects the plugin's answers",
+                "use credentialprovider.kubelet.k8s.io/v1",
+            )
+        if facts.provider_bin_dir:
+            plugin = f"{facts.provider_bin_dir.rstrip('/')}/{name}"
+            real = self.fs.real_path(plugin)
+            if not os.path.isfile(real) or not os.access(real, os.X_OK):
+                self.add(
+                    "provider.plugin-missing",
+                    "error",
+                    f"{plugin} is missing or not executable",
+                    "the kubelet cannot run it",
+                    "run the agent with --ecr or --credential-provider",
+                )
+        if name != STATIC_PLUGIN_NAME:
+            return
+        args = [str(a) for a in entry.get("args") or []]
+        credentials = args[args.index("--credentials") + 1] if "--credentials" in args[:-1] else None
+        if credentials is None or self._read(credentials) is None:
+            self.add(
+                "provider.credentials-missing",
+                "error",
+                f"{STATIC_PLUGIN_NAME} has no credentials file ({credentials or 'no --credentials argument'})",
+                "the plugin answers every pull with an error: the kubelet falls back to config.json alone",
+                "run the agent with --credential-provider (it writes the file on its first pass)",
+            )
+        if isinstance(entry.get("tokenAttributes"), dict):
+            minor = _minor(facts.kubelet_version)
+            if minor is not None and minor < 33:
+                self.add(
+                    "provider.token-attributes-unsupported",
+                    "error",
+                    f"{STATIC_PLUGIN_NAME} has tokenAttributes, and the kubelet is {facts.kubelet_version}",
+                    "a kubelet older than 1.33 refuses this config at its next start (the node goes NotReady)",
+                    "remove --service-account-tokens (chart: credentialProvider.serviceAccountTokens.enabled) "
+                    "before restarting the kubelet, or upgrade it to 1.34",
+                )
+            elif minor is None:
+                self.add(
+                    "provider.token-attributes-unchecked",
+                    "warning",
+                    f"{STATIC_PLUGIN_NAME} has tokenAttributes and the kubelet's version is unknown",
+                    "a kubelet older than 1.33 refuses this config at start; 1.33 needs the "
+                    "KubeletServiceAccountTokenForCredentialProviders feature gate (on by default from 1.34)",
+                    "check `kubelet --version` before restarting the kubelet",
+                )
+
+    def _check_restart_pending(self, config_path: str) -> None:
+        """The kubelet reads its provider config only at start: a config changed since it started
+        is not in effect."""
+        started = self.facts.kubelet_started
+        try:
+            changed = os.stat(self.fs.real_path(config_path)).st_mtime
+        except OSError:
+            return
+        if started is not None and changed > started:
+            self.add(
+                "provider.kubelet-restart-pending",
+                "warning",
+                f"{config_path} changed after the kubelet started",
+                "the kubelet still runs with its old provider config: the new provider is not asked yet",
+                "restart the kubelet once (systemctl restart kubelet)",
+            )
 
     def _check_token_cache(self) -> None:
         path = f"{self.state_dir.rstrip('/')}/{CACHE_FILE}"
@@ -772,6 +890,7 @@ def run_doctor(
     doctor.check_kubelet()
     doctor.check_state()
     doctor.check_provider()
+    doctor.check_image_pull_policy()
     roots = doctor.check_containerd()
     report = Report(node=facts, findings=doctor.findings)
     if image:
@@ -780,6 +899,7 @@ def run_doctor(
             from nodeagent.targets.provider import match_images
 
             patterns = [(PLUGIN_NAME, p) for p in match_images()]
+            patterns += [(STATIC_PLUGIN_NAME, p) for p in doctor.static_match_images]
         check_image(report, doctor.used, image, patterns)
         assert report.image is not None
         report.image["containerdHostsToml"] = containerd_hosts_for(hostfs, roots, image)

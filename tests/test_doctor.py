@@ -554,3 +554,85 @@ def test_probe_never_follows_a_redirect_with_credentials(tls: tuple[Path, Path, 
         server.shutdown()
         plain.shutdown()
     assert (["redirect-refused"], []) == ([r["result"] for r in results], seen)
+
+
+# -- nodeagent-credential-provider, KEP-4412 and KEP-2535 ------------------------------------------
+def _install_static(host_root: Path, *extra: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "nodeagent", "install-provider", "--host-root", str(host_root),
+         "--provider-preset", "kubeadm", "--credential-provider", *extra],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
+def _run_doctor(host_root: Path, image: str | None = None, **facts: Any) -> set[str]:
+    from nodeagent.config import PROVIDER_PRESETS
+    from nodeagent.doctor import NodeFacts, run_doctor
+    from nodeagent.hostfs import HostFS
+
+    bin_dir, config = PROVIDER_PRESETS["kubeadm"]
+    node = NodeFacts("/var/lib/kubelet", provider_config=config, provider_bin_dir=bin_dir, **facts)
+    report = run_doctor(
+        hostfs=HostFS(host_root), facts=node, state_dir="/var/lib/nodeagent", agent_root_dir="/var/lib/kubelet",
+        socket_path="/run/nodeagent/agent.sock", image=image,
+    )  # fmt: skip
+    ids = {f.id for f in report.findings}
+    if image:
+        ids |= {f"provider:{p}" for p in report.image["providers"]} if report.image else set()
+    return ids
+
+
+def test_credential_provider_findings(host_root: Path) -> None:
+    """An installed nodeagent-credential-provider is recognised (no ECR findings), doctor --image
+    says the kubelet asks it, and a missing credentials file is named."""
+    _install_static(host_root)
+    ids = _run_doctor(host_root, image="registry.example.com/app")
+    assert "provider:nodeagent-credential-provider" in ids
+    assert not ids & {"provider.not-listed", "provider.credentials-missing", "provider.socket-down",
+                      "provider.token-cache-missing", "provider.plugin-missing"}  # fmt: skip
+    (host_root / "var/lib/nodeagent/provider-credentials.json").unlink()
+    assert "provider.credentials-missing" in _run_doctor(host_root)
+
+
+@pytest.mark.parametrize(
+    ("version", "finding"),
+    [("v1.32.4", "provider.token-attributes-unsupported"), (None, "provider.token-attributes-unchecked")],
+)
+def test_token_attributes_on_an_old_or_unknown_kubelet(host_root: Path, version: str | None, finding: str) -> None:
+    """tokenAttributes would stop a kubelet older than 1.33 at its next start: doctor says so."""
+    _install_static(host_root, "--service-account-tokens")
+    assert finding in _run_doctor(host_root, kubelet_version=version)
+    assert not {"provider.token-attributes-unsupported", "provider.token-attributes-unchecked"} & _run_doctor(
+        host_root, kubelet_version="v1.34.2"
+    )
+
+
+def test_provider_installed_after_the_kubelet_started(host_root: Path) -> None:
+    """A provider config newer than the kubelet process is not in effect: restart pending."""
+    _install_static(host_root)
+    config = host_root / "etc/kubernetes/credential-providers/nodeagent-ecr.yaml"
+    changed = config.stat().st_mtime
+    assert "provider.kubelet-restart-pending" in _run_doctor(host_root, kubelet_started=changed - 60)
+    assert "provider.kubelet-restart-pending" not in _run_doctor(host_root, kubelet_started=changed + 60)
+
+
+@pytest.mark.parametrize("policy", ["AlwaysVerify", "NeverVerify", None])
+def test_image_pull_credentials_policy_is_reported(host_root: Path, policy: str | None) -> None:
+    """doctor reports the kubelet's imagePullCredentialsVerificationPolicy (KEP-2535)."""
+    from nodeagent.doctor import NodeFacts, run_doctor
+    from nodeagent.hostfs import HostFS
+
+    kubelet_config = host_root / "var/lib/kubelet/config.yaml"
+    document = {
+        "kind": "KubeletConfiguration",
+        **({"imagePullCredentialsVerificationPolicy": policy} if policy else {}),
+    }
+    kubelet_config.write_text(json.dumps(document))
+    facts = NodeFacts("/var/lib/kubelet", kubelet_config="/var/lib/kubelet/config.yaml")
+    report = run_doctor(
+        hostfs=HostFS(host_root), facts=facts, state_dir="/var/lib/nodeagent", agent_root_dir="/var/lib/kubelet",
+        socket_path="/run/nodeagent/agent.sock",
+    )  # fmt: skip
+    (finding,) = [f for f in report.findings if f.id == "kubelet.image-pull-policy"]
+    assert (policy or "not set") in finding.seen
+    assert ("nothing to do" == finding.fix) == (policy == "AlwaysVerify")
