@@ -265,9 +265,14 @@ def url_matches(pattern: str, target: str) -> bool:
     p_labels, t_labels = p_host.split("."), t_host.split(".")
     if len(p_labels) != len(t_labels):
         return False
-    if not all(fnmatch.fnmatchcase(t, p) for p, t in zip(p_labels, t_labels, strict=True)):
+    if not t_path.startswith(p_path):
         return False
-    return t_path.startswith(p_path)
+    # A label without glob characters matches only itself (and costs no regex compile: a node
+    # with a thousand registries would otherwise overflow fnmatch's pattern cache on every run).
+    return all(
+        p == t if not any(c in p for c in "*?[") else fnmatch.fnmatchcase(t, p)
+        for p, t in zip(p_labels, t_labels, strict=True)
+    )
 
 
 def is_docker_hub_image(image: str) -> bool:
