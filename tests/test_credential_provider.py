@@ -201,10 +201,14 @@ def test_cleanup_removes_the_provider(tmp_path: Path) -> None:
 
     node = Node(tmp_path)
     node.sync(_source({"r.example.com": "a"}))
-    cleanup(HostFS(node.root), node.settings)
-    assert [] == [
-        p.name for p in node.root.rglob("*") if p.is_file() and "nodeagent" in p.name and "credential" in p.name
+    files = [
+        node.bin_dir / STATIC_PLUGIN_NAME,
+        node.config_path,
+        node.root / "var/lib/nodeagent/provider-credentials.json",
     ]
+    assert [True] * 3 == [f.exists() for f in files]
+    cleanup(HostFS(node.root), node.settings)
+    assert [False] * 3 == [f.exists() for f in files]
 
 
 @pytest.mark.parametrize("api", plugin.API_VERSIONS)
