@@ -635,6 +635,13 @@ class Agent:
         )
         if report.written or report.removed:
             self._emit("CredentialsSynced", f"{report.registries} registries, revision {report.revision}")
+        if report.kubelet_restart_needed:
+            message = (
+                f"the kubelet's credential-provider config changed ({', '.join(report.provider_configs)}); the "
+                "kubelet reads it only at start: restart the kubelet once for the change to take effect"
+            )
+            self.log.warning("kubelet_restart_needed", message=message)
+            self._emit("KubeletRestartNeeded", message, warning=True)
         rejected = [p for p in report.rejected if p.source != ECR_SOURCE]
         if rejected:
             keys = ", ".join(sorted({safe_key(p.key, 60) for p in rejected}))[:600]

@@ -613,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = _settings(args, provider=_provider_settings(args, required=True, ecr=ecr))
             report = sync(HostFS(settings.host_root), settings, [], hold_all=True)
             log.info("provider_installed", written=report.written)
-            if report.written:
+            if report.kubelet_restart_needed:
                 log.warning(
                     "kubelet_restart_needed",
                     reason="the kubelet reads its CredentialProviderConfig only when it starts",

@@ -97,6 +97,13 @@ class SyncReport:
     prune_dirs: list[str] = field(default_factory=list)
     containerd_auth_files: list[str] = field(default_factory=list)
     """The file(s) holding the agent's containerd credentials (config.toml or the drop-in)."""
+    provider_configs: list[str] = field(default_factory=list)
+    """The CredentialProviderConfig file(s) holding the agent's providers: the kubelet reads them
+    only at start, so writing one means a kubelet restart is needed for it to take effect."""
+
+    @property
+    def kubelet_restart_needed(self) -> bool:
+        return bool(set(self.provider_configs) & set(self.written))
 
 
 def load_file_sources(paths: Sequence[str]) -> list[ParseResult]:
@@ -251,6 +258,7 @@ def _plan(
     changes = [FileChange(path, current, render.content)]
     _record(new_ledger, path, render.record)
     changes += _plan_provider(hostfs, settings, ledger, new_ledger, uninstall, merged, held, hold_all)
+    report.provider_configs = [p for p, r in new_ledger.files.items() if r.target == CONFIG_TARGET]
     changes += _plan_containerd(
         hostfs,
         settings,

@@ -272,3 +272,19 @@ def test_catch_all_covers_ports_exactly() -> None:
     images = catch_all_images([5000])
     assert "*:5000" in images and "*.*.*.*.*.*.*.*.*.*:5000" in images
     assert not any(":" in p for p in catch_all_images([]))
+
+
+def test_a_new_port_says_the_kubelet_needs_a_restart(tmp_path: Path) -> None:
+    """Installing the provider, and a registry on a new port, change the provider config (the
+    kubelet reads it only at start): the pass says a kubelet restart is needed; a rotation does not."""
+    node = Node(tmp_path)
+
+    def restart_needed(*sources: ParseResult) -> bool:
+        return sync(HostFS(node.root), node.settings, list(sources)).kubelet_restart_needed
+
+    assert (True, False, False, True) == (
+        restart_needed(_source({"r.example.com": "a"})),
+        restart_needed(_source({"r.example.com": "a"})),
+        restart_needed(_source({"r.example.com": "rotated"})),
+        restart_needed(_source({"r.example.com": "rotated", "s.example.com:5443": "b"})),
+    )
