@@ -160,9 +160,11 @@ class Agent:
             state.reported = True
             state.resource_version = update.resource_version
             state.error = update.error
+            previous = state.status
             selector_problem = None
             try:
-                state.selector = parse_selector(update.node_selector) if update.node_selector else None
+                if update.kind != "unreadable":  # an unreadable source keeps the scoping it had
+                    state.selector = parse_selector(update.node_selector) if update.node_selector else None
             except InvalidSelector as exc:
                 selector_problem = str(exc)
             if selector_problem is not None:
@@ -170,8 +172,8 @@ class Agent:
                 state.error = f"annotation nodeagent.io/node-selector: {selector_problem}"
             elif update.kind == "data":
                 state.status, state.last_good = "valid", update.result
-            elif update.kind == "invalid":
-                state.status = "invalid"
+            elif update.kind in ("invalid", "unreadable"):
+                state.status = update.kind
             elif self.settings.on_secret_deleted == "remove":
                 state.status, state.last_good = update.kind, None
             else:
@@ -186,6 +188,12 @@ class Agent:
                 "source_invalid", error=state.error, keeping="last good content" if state.last_good else "node as is"
             )
             event = ("SourceInvalid", f"{update.source}: {state.error}; keeping the last good credentials", True)
+        elif state.status == "unreadable":
+            log.error(
+                "source_unreadable", error=state.error, keeping="last good content" if state.last_good else "node as is"
+            )
+            if previous != "unreadable":  # retried every minute or so: one Event per change, not per retry
+                event = ("SourceUnreadable", f"{update.source}: {state.error}; the other sources still apply", True)
         elif update.kind in ("deleted", "absent"):
             keep = self.settings.on_secret_deleted == "keep"
             log.warning(
@@ -279,8 +287,13 @@ class Agent:
         return dead + [t.name for t in self._background if not t.is_alive()]
 
     def ready(self) -> tuple[bool, str]:
+        with self._lock:
+            unreadable = [f"{label} ({s.error})" for label, s in self._states.items() if s.status == "unreadable"]
+            waiting = [label for label, s in self._states.items() if not s.reported]
+        if unreadable:
+            return False, "unreadable: " + "; ".join(unreadable)
         if not self._status.first_sync_done:
-            return False, "first sync not done"
+            return False, "first sync not done" + (f" (waiting for {', '.join(waiting)})" if waiting else "")
         stalled = [w.label for w in self._watchers if not w.watching]
         if stalled:
             return False, "not watching: " + ", ".join(stalled)
@@ -485,7 +498,7 @@ class Agent:
                         continue
                 if state.last_good is not None:
                     results.append(state.last_good)
-                elif state.status == "invalid" or (
+                elif state.status in ("invalid", "unreadable") or (
                     state.status in ("deleted", "absent") and self.settings.on_secret_deleted == "keep"
                 ):
                     hold_all = True

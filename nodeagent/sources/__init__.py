@@ -17,7 +17,8 @@ __all__ = ["NODE_SELECTOR_ANNOTATION", "Backoff", "SourceUpdate", "UpdateKind", 
 
 NODE_SELECTOR_ANNOTATION = "nodeagent.io/node-selector"
 
-UpdateKind = Literal["data", "invalid", "deleted", "absent"]
+UpdateKind = Literal["data", "invalid", "deleted", "absent", "unreadable"]
+"""``unreadable``: the API refused the agent (401/403); the source's state is unknown, not empty."""
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,7 @@ class _Watcher(threading.Thread):
         if exc.status == 410:
             return
         if exc.status in (401, 403):
+            self._refused(exc)
             delay = self._rng.uniform(self.forbidden_retry / 2, self.forbidden_retry)
             self.log.error(
                 "watch_forbidden",
@@ -170,6 +171,9 @@ class _Watcher(threading.Thread):
         self.stop.wait(delay)
 
     rbac_hint = ""
+
+    def _refused(self, exc: KubeError) -> None:
+        """The API refused us (401/403): subclasses may tell the agent."""
 
 
 class SecretWatcher(_Watcher):
@@ -206,6 +210,12 @@ class SecretWatcher(_Watcher):
 
     def _list(self) -> tuple[dict[str, Any] | None, str]:
         return self.api.list_secret(self.namespace, self.obj_name)
+
+    def _refused(self, exc: KubeError) -> None:
+        # Not "absent": the Secret may well exist. The agent applies the other sources, keeps
+        # whatever this one gave before, and stays not ready naming it.
+        error = f"{exc.status} {'Unauthorized' if exc.status == 401 else 'Forbidden'}: {self.rbac_hint}"
+        self._sink(SourceUpdate(self.label, "unreadable", time.monotonic(), error=error))
 
     def _apply(self, event_type: str, obj: dict[str, Any] | None) -> None:
         now = time.monotonic()

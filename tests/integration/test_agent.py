@@ -134,6 +134,24 @@ def test_forbidden_reported_with_rbac_hint(kube: FakeKube, start_agent: Start) -
     assert 503 == agent.http("/readyz")[0]
 
 
+def test_an_unreadable_secret_does_not_block_the_others(kube: FakeKube, start_agent: Start) -> None:
+    """On a new node, a Secret the agent may not read (403) does not hold back the readable ones:
+    they are written, /readyz names the unreadable one, one SourceUnreadable Event says so, and
+    the node becomes ready once RBAC is fixed."""
+    _put(kube, {"r.example.com": PW1})
+    kube.put_secret(NS, "other", data={".dockerconfigjson": dockerconfig({"o.example.com": PW2})})
+    kube.forbidden_secrets.add((NS, "other"))
+    agent = start_agent("--secret", f"{NS}/{NAME}", "--secret", f"{NS}/other", "--forbidden-retry", "1")
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1}, "the readable Secret applied")
+    status, body = agent.http("/readyz")
+    assert (503, True) == (status, f"secret:{NS}/other" in body and "403" in body)
+    wait_for(lambda: len(agent.events("source_unreadable")) >= 2, "retried")
+    assert 1 == [e["reason"] for e in kube.events].count("SourceUnreadable")
+    kube.forbidden_secrets.clear()
+    wait_for(lambda: agent.passwords() == {"r.example.com": PW1, "o.example.com": PW2}, "the other once readable")
+    wait_for(lambda: agent.http("/readyz")[0] == 200, "ready")
+
+
 def test_node_scoping_follows_relabel(kube: FakeKube, start_agent: Start) -> None:
     """A Secret scoped by node selector applies only while the node's labels match."""
     _put(kube, {"gpu.example.com": PW1}, annotations={"nodeagent.io/node-selector": "pool in (gpu), !tainted"})
