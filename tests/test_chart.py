@@ -63,6 +63,36 @@ FEATURES: dict[str, dict[str, Any]] = {
         }
     },
     "containerd-auth": {"containerd": {"enabled": True, "auth": True, "existingConfigMap": "my-registries"}},
+    "operator-knobs": {
+        "global": {
+            "imageRegistry": "registry.internal:5000",
+            "imagePullSecrets": ["internal-pull"],
+            "storageClass": "x",
+        },
+        "image": {"repository": "ghcr.io/nodeagent/nodeagent", "tag": 20240101},
+        "commonLabels": {"team": "platform"},
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"}],
+        "envFrom": [{"configMapRef": {"name": "proxy-env"}}],
+        "extraArgs": ["--forbidden-retry", "30"],
+        "extraVolumes": [{"name": "extra", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "extra", "mountPath": "/extra"}],
+        "podSecurityContext": {"fsGroup": 0},
+        "revisionHistoryLimit": 3,
+        "updateStrategy": {"type": "RollingUpdate", "maxUnavailable": "10%", "maxSurge": 0},
+        "terminationGracePeriodSeconds": 30,
+        "dnsPolicy": "ClusterFirst",
+        "metrics": {
+            "service": {"enabled": True},
+            "serviceMonitor": {
+                "enabled": True,
+                "namespace": "monitoring",
+                "scrapeTimeout": "10s",
+                "relabelings": [{"action": "labeldrop", "regex": "pod"}],
+            },
+        },
+        "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {}}], "egress": [{}]},
+        "priorityClassQuota": {"enabled": True},
+    },
     "credential-provider": {
         "credentialProvider": {
             "enabled": True,
@@ -260,7 +290,16 @@ def test_cleanup_mode_runs_cleanup() -> None:
 
 @pytest.mark.parametrize(
     "feature",
-    ["defaults", "everything", "minimal-rbac", "mounted-only", "containerd", "containerd-auth", "credential-provider"],
+    [
+        "defaults",
+        "everything",
+        "minimal-rbac",
+        "mounted-only",
+        "containerd",
+        "containerd-auth",
+        "credential-provider",
+        "operator-knobs",
+    ],
 )
 def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The args and NODEAGENT_* env the chart renders are accepted by the agent's own settings loader."""
@@ -297,6 +336,9 @@ def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.Monk
         {"containerd": {"enabled": True, "restart": "signal"}},
         {"distribution": "k3s", "containerd": {"enabled": True, "auth": True}},
         {"credentialProvider": {"enabled": True}},
+        {"metrics": {"serviceMonitor": {"enabled": True}}},
+        {"updateStrategy": {"type": "Recreate"}},
+        {"image": {"repository": "x", "architectures": []}},
         {"credentialProvider": {"ports": [0]}},
         {"credentialProvider": {"serviceAccountTokens": {"audience": "a b"}}},
     ],
@@ -342,14 +384,15 @@ def test_ecr_static_keys_secret_gets_read_access() -> None:
 
 @pytest.mark.parametrize("distribution", PRESETS)
 def test_containerd_paths_follow_the_distribution(distribution: str) -> None:
-    """The agent gets the distribution's containerd config, and exactly its directory is mounted."""
+    """The agent gets the distribution's containerd config, and exactly its directory is mounted.
+    Both come as environment, so `kubectl exec ... nodeagent doctor` in the pod reads them too."""
     objects = render({"distribution": distribution, **FEATURES["containerd"]})
-    args = container(objects)["args"]
-    config = args[args.index("--containerd-config") + 1]
+    env = {e["name"]: e.get("value") for e in container(objects)["env"]}
+    config = env["NODEAGENT_CONTAINERD_CONFIG"]
     if distribution in CONTAINERD_PRESETS:
         assert CONTAINERD_PRESETS[distribution] == config
     assert {os.path.dirname(config), "/etc/docker/certs.d"} <= set(host_paths(objects))
-    assert "/etc/nodeagent/registries/registries.toml" == args[args.index("--registry-config") + 1]
+    assert "/etc/nodeagent/registries/registries.toml" == env["NODEAGENT_REGISTRY_CONFIG"]
 
 
 def test_containerd_registry_config_is_passed_through() -> None:
@@ -397,3 +440,74 @@ def test_credential_provider_flags_mounts_and_token_audience_grant() -> None:
     assert [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}] == binding["subjects"]
     without = render({"credentialProvider": {"enabled": True, "providerPreset": "kubeadm"}})
     assert [] == [o for o in without if o["metadata"]["name"].endswith("-token-audience")]
+
+
+def test_kubelet_dir_mount_lets_other_pods_unmount() -> None:
+    """The kubelet's root dir is mounted HostToContainer: other pods' volume mounts under it are
+    released when the kubelet unmounts them, not pinned in the agent's mount namespace."""
+    mounts = {m["name"]: m for m in container(render())["volumeMounts"]}
+    assert "HostToContainer" == mounts["kubelet-root"]["mountPropagation"]
+
+
+def test_global_values_of_a_parent_chart() -> None:
+    """As a subchart: `global` is accepted, global.imageRegistry replaces the image's registry and
+    global.imagePullSecrets are added; the tag may be a number."""
+    objects = render(FEATURES["operator-knobs"])
+    (daemonset,) = only(objects, "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert "registry.internal:5000/nodeagent/nodeagent:20240101" == container(objects)["image"]
+    assert [{"name": "internal-pull"}] == pod["imagePullSecrets"]
+    assert all("platform" == o["metadata"]["labels"]["team"] for o in objects)
+
+
+def test_schedules_only_where_it_can_run() -> None:
+    """By default Linux nodes of the image's architectures; on EKS not Fargate; affinity replaces it."""
+
+    def pod(values: dict[str, Any]) -> dict[str, Any]:
+        (daemonset,) = only(render(values), "DaemonSet")
+        return dict(daemonset["spec"]["template"]["spec"])
+
+    default = pod({})
+    assert {"kubernetes.io/os": "linux"} == default["nodeSelector"]
+    (term,) = default["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}] == term["matchExpressions"]
+    (eks,) = pod({"distribution": "eks"})["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn", "values": ["fargate"]} in eks[
+        "matchExpressions"
+    ]
+    assert {"podAffinity": {}} == pod({"affinity": {"podAffinity": {}}})["affinity"]
+
+
+def test_doctor_in_the_pod_sees_the_agents_containerd_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On k3s `kubectl exec ... nodeagent doctor` (NOTES.txt) reads the containerd config the agent
+    manages: the chart passes it as environment, which doctor reads too."""
+    env = {
+        e["name"]: e.get("value") for e in container(render({"distribution": "k3s", **FEATURES["containerd"]}))["env"]
+    }
+    for name, value in env.items():
+        if name.startswith("NODEAGENT_") and value is not None:
+            monkeypatch.setenv(name, value)
+    args = cli.build_parser().parse_args(["doctor"])
+    assert CONTAINERD_PRESETS["k3s"] == args.containerd_config
+
+
+def test_operator_objects() -> None:
+    """The ServiceMonitor goes where asked with its timeout and relabelings; the NetworkPolicy
+    admits the metrics port; the quota names the pods' priority class."""
+    objects = render(FEATURES["operator-knobs"])
+    (monitor,) = only(objects, "ServiceMonitor")
+    assert ("monitoring", "10s", ["nodeagent"]) == (
+        monitor["metadata"]["namespace"], monitor["spec"]["endpoints"][0]["scrapeTimeout"],
+        monitor["spec"]["namespaceSelector"]["matchNames"],
+    )  # fmt: skip
+    (policy,) = only(objects, "NetworkPolicy")
+    assert [{"port": "http", "protocol": "TCP"}] == policy["spec"]["ingress"][0]["ports"]
+    (quota,) = only(objects, "ResourceQuota")
+    assert ["system-node-critical"] == quota["spec"]["scopeSelector"]["matchExpressions"][0]["values"]
+    (daemonset,) = only(objects, "DaemonSet")
+    assert ("RollingUpdate", 3) == (
+        daemonset["spec"]["updateStrategy"]["type"],
+        daemonset["spec"]["revisionHistoryLimit"],
+    )

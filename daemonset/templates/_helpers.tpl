@@ -28,6 +28,9 @@ helm.sh/chart: {{ include "nodeagent.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: node-agent
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "nodeagent.selectorLabels" -}}
@@ -43,11 +46,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* The image; global.imageRegistry (a subchart's parent) replaces the repository's registry. */}}
 {{- define "nodeagent.image" -}}
+{{- $repository := .Values.image.repository }}
+{{- with (.Values.global | default dict).imageRegistry }}
+{{- $parts := splitList "/" $repository }}
+{{- if and (gt (len $parts) 1) (or (contains "." (first $parts)) (contains ":" (first $parts)) (eq (first $parts) "localhost")) }}
+{{- $parts = rest $parts }}
+{{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) (join "/" $parts) }}
+{{- end }}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if and (kindIs "float64" $tag) (eq (float64 (int64 $tag)) $tag) }}
+{{- $tag = int64 $tag }}{{/* YAML reads 20240101 as a number, which Helm holds as a float */}}
+{{- end }}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" $repository (toString $tag) }}
 {{- end }}
 {{- end }}
 
