@@ -41,6 +41,8 @@ __all__ = ["REVISION_ANNOTATION", "SYNCED_AT_ANNOTATION", "Agent", "RunSettings"
 ECR_SOURCE = "ecr"
 """The source name of ECR tokens written into config.json for ``--ecr-registries``."""
 REVISION_ANNOTATION = "nodeagent.io/credentials-revision"
+STARTUP_TAINT = "nodeagent.io/agent-not-ready"
+"""The taint node bootstrap puts on a new node (NoSchedule) and the agent removes once synced."""
 SYNCED_AT_ANNOTATION = "nodeagent.io/synced-at"
 
 
@@ -77,6 +79,9 @@ class RunSettings:
     drift_backoff: float = 300.0
     forbidden_retry: float = 60.0
     """401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
+    startup_taint: bool = False
+    """Remove ``nodeagent.io/agent-not-ready`` from the Node once every source is read and applied,
+    so that pods scheduled to a fresh node never race its first sync (``--remove-startup-taint``)."""
     ecr: bool = False
     """Serve ECR tokens to the credential-provider plugin (installed per ``sync.provider``)."""
     ecr_regions: tuple[str, ...] = ()
@@ -128,6 +133,9 @@ class Agent:
         self._pending_since: float | None = None
         self._drift_pending = False
         self._drift_writes: list[float] = []
+        self._taint_done = not settings.startup_taint
+        self._taint_next_try = 0.0
+        self._taint_failures = 0
         self._drift_paused_until = 0.0
         self._node_labels: dict[str, str] | None = None
         self._status = _Status()
@@ -373,6 +381,7 @@ class Agent:
                 self._status.heartbeat = self.clock()
                 if self.stop.is_set():
                     break
+                self._remove_startup_taint()
                 if not woke and self.clock() < due:
                     continue
                 self._wake.clear()
@@ -565,6 +574,31 @@ class Agent:
         if wrote or self._status.annotated_revision != report.revision:
             self._annotate(report)
         return True
+
+    def _remove_startup_taint(self) -> None:
+        """Once every source is read and applied: take the startup taint off this Node (retried
+        with backoff on failure, at most once every 5 s; nothing when the Node has none)."""
+        if self._taint_done or not self._status.first_sync_done or self.clock() < self._taint_next_try:
+            return
+        with self._lock:
+            if any(s.status in ("unreadable", "unknown") for s in self._states.values()):
+                return  # a source not read yet: the node may still lack credentials
+        if self.api is None or not self.settings.node_name:
+            self.log.warning("startup_taint_skipped", reason="no API access or node name")
+            self._taint_done = True
+            return
+        try:
+            removed = self.api.remove_node_taint(self.settings.node_name, STARTUP_TAINT)
+        except KubeError as exc:
+            self._taint_failures += 1
+            delay = min(60.0, 5.0 * 2 ** (self._taint_failures - 1))
+            self._taint_next_try = self.clock() + delay
+            self.log.warning("startup_taint_failed", status=exc.status, error=str(exc), retry_in_s=delay)
+            return
+        self._taint_done = True
+        if removed:
+            self.log.info("startup_taint_removed", taint=STARTUP_TAINT)
+            self._emit("StartupTaintRemoved", f"{STARTUP_TAINT} removed: the node has its registry credentials")
 
     def _notice_outside_restart(self, report: SyncReport) -> None:
         """With policy none, someone else restarts containerd: once the running containerd is

@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-annotations", action="store_true", default=_env_flag("ANNOTATIONS"), help="do not annotate the Node"
     )
     p_run.add_argument("--event-namespace", default=_env("EVENT_NAMESPACE", "default"))
+    p_run.add_argument(
+        "--remove-startup-taint",
+        action="store_true",
+        default=_env_true("REMOVE_STARTUP_TAINT"),
+        help="remove the nodeagent.io/agent-not-ready taint from this Node once every source is read and applied",
+    )
     _add_provider_flags(p_run)
     _add_containerd_flags(p_run)
     p_run.add_argument("--ecr", action="store_true", default=_env_true("ECR"), help="serve ECR tokens")
@@ -541,6 +547,8 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
     for region in ecr_regions:
         if not valid_key(region):
             raise SettingsError(f"--ecr-regions: {region!r} is not an AWS region name")
+    if args.remove_startup_taint and not args.node_name:
+        raise SettingsError("--remove-startup-taint needs --node-name (or NODE_NAME)")
     if (ecr_registries or ecr_regions) and not args.ecr:
         raise SettingsError("--ecr-registries and --ecr-regions need --ecr")
     provider = None
@@ -559,6 +567,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         annotations=not args.no_annotations,
         event_namespace=args.event_namespace,
         forbidden_retry=args.forbidden_retry,
+        startup_taint=args.remove_startup_taint,
         ecr=args.ecr,
         ecr_regions=ecr_regions,
         ecr_registries=ecr_registries,

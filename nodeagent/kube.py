@@ -46,6 +46,9 @@ class KubeAPI(Protocol):
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         """Create a core/v1 Event."""
 
+    def remove_node_taint(self, name: str, key: str) -> bool:
+        """Remove the Node's taint with this key (False: it had none)."""
+
 
 def _retry_after(headers: Any) -> float | None:
     try:
@@ -166,3 +169,26 @@ class KubernetesClient:
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         self._call(f"create event in {namespace}", self._core.create_namespaced_event, namespace, body)
+
+    def remove_node_taint(self, name: str, key: str) -> bool:
+        from kubernetes.client import ApiException
+
+        taints = (self.get_node(name).get("spec") or {}).get("taints") or []
+        index = next((i for i, t in enumerate(taints) if isinstance(t, dict) and t.get("key") == key), None)
+        if index is None:
+            return False
+        # A JSON patch that tests the key first: a list changed since the read fails (422), not
+        # removes someone else's taint.
+        body = [
+            {"op": "test", "path": f"/spec/taints/{index}/key", "value": key},
+            {"op": "remove", "path": f"/spec/taints/{index}"},
+        ]
+        try:
+            self._core.patch_node(
+                name, body, _content_type="application/json-patch+json", _request_timeout=(self._connect_timeout, 10.0)
+            )
+        except ApiException as exc:
+            raise KubeError(f"remove taint from node {name}", exc.status, str(exc.reason or "")) from None
+        except Exception as exc:
+            raise KubeError(f"remove taint from node {name}", None, type(exc).__name__) from None
+        return True

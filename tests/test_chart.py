@@ -93,6 +93,7 @@ FEATURES: dict[str, dict[str, Any]] = {
         "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {}}], "egress": [{}]},
         "priorityClassQuota": {"enabled": True},
     },
+    "startup-taint": {"startupTaint": {"enabled": True}},
     "credential-provider": {
         "credentialProvider": {
             "enabled": True,
@@ -299,6 +300,7 @@ def test_cleanup_mode_runs_cleanup() -> None:
         "containerd-auth",
         "credential-provider",
         "operator-knobs",
+        "startup-taint",
     ],
 )
 def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -309,6 +311,8 @@ def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.Monk
     for item in main["env"]:
         if "value" in item:
             monkeypatch.setenv(item["name"], item["value"])
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
+            monkeypatch.setenv(item["name"], "node-a")  # what the kubelet's downward API gives
     monkeypatch.setenv("NODEAGENT_HOST_ROOT", str(tmp_path))
     args = cli.build_parser().parse_args(main["args"])
     settings = cli._run_settings(args)
@@ -511,3 +515,14 @@ def test_operator_objects() -> None:
         daemonset["spec"]["updateStrategy"]["type"],
         daemonset["spec"]["revisionHistoryLimit"],
     )
+
+
+def test_startup_taint_is_removed_by_the_agent_under_the_node_policy() -> None:
+    """startupTaint gives the agent its flag, patch on nodes, and the policy that limits the patch
+    (to removing that one taint, on its own Node: proved against a real API server)."""
+    objects = render(FEATURES["startup-taint"])
+    assert "--remove-startup-taint" in container(objects)["args"]
+    rules = [r for o in only(objects, "ClusterRole") for r in o["rules"] if "patch" in r["verbs"]]
+    assert [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}] == rules
+    (policy,) = only(objects, "ValidatingAdmissionPolicy")
+    assert any("nodeagent.io/agent-not-ready" in v["expression"] for v in policy["spec"]["validations"])

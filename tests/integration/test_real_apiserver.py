@@ -43,6 +43,8 @@ COLLECTIONS = {
 
 
 NODE_TOKEN = "node-a-test-token"
+STARTUP_TAINT = {"key": "nodeagent.io/agent-not-ready", "effect": "NoSchedule"}
+TAINTS = [STARTUP_TAINT, {"key": "other.io/dedicated", "value": "x", "effect": "NoSchedule"}]
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +81,15 @@ def chart_token(apiserver: RealAPIServer) -> str:
     _create(apiserver, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     values = {
         "secrets": [{"name": "central"}], "annotations": {"enabled": True}, "events": {"enabled": True},
+        "startupTaint": {"enabled": True},
         "credentialProvider": {"enabled": True, "providerPreset": "kubeadm", "serviceAccountTokens": {"enabled": True}},
     }  # fmt: skip
     objects = [o for o in render(values) if o["kind"] in COLLECTIONS]
     for obj in objects:
         _create(apiserver, obj)
     for name in ("node-a", "node-b"):
-        _create(apiserver, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"pool": "x"}}})
+        _create(apiserver, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"pool": "x"}},
+                            "spec": {"taints": TAINTS}})  # fmt: skip
     _create(apiserver, _secret("central", "SENTINEL-real-1"))
     _create(apiserver, _secret("other", "SENTINEL-not-granted"))
     (account,) = [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"]
@@ -148,10 +152,23 @@ def test_node_policy_fences_the_node_patch(apiserver: RealAPIServer, chart_token
     _, node = apiserver.request("GET", "/api/v1/nodes/node-a")
     assert "x" == node["metadata"]["labels"]["pool"]
 
+    def json_patch(node: str, ops: list[dict[str, Any]]) -> int:
+        path = f"/api/v1/nodes/{node}"
+        return apiserver.request("PATCH", path, ops, token=chart_token, content_type="application/json-patch+json")[0]
+
+    # Taints: only removing the startup taint is allowed (and only on node-a, tested by the agent below).
+    assert (422, 422, 422, 422) == (
+        json_patch("node-a", [{"op": "remove", "path": "/spec/taints/1"}]),
+        json_patch("node-a", [{"op": "add", "path": "/spec/taints/-", "value": {"key": "x", "effect": "NoSchedule"}}]),
+        json_patch("node-a", [{"op": "add", "path": "/spec/unschedulable", "value": True}]),
+        json_patch("node-b", [{"op": "remove", "path": "/spec/taints/0"}]),
+    )
+
 
 def test_agent_with_the_chart_token(apiserver: RealAPIServer, chart_token: str, tmp_path: Path) -> None:
-    """The real agent with only the chart's token: first sync, a rotation, and its Node annotation
-    and Events landing through the real RBAC and policy."""
+    """The real agent with only the chart's token: first sync, the startup taint removed from its
+    own Node (and only that taint), a rotation, delete and recreate, and its Node annotation and
+    Events landing through the real RBAC and policy."""
     host_root = tmp_path / "host"
     (host_root / "var/lib/kubelet").mkdir(parents=True)
     kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig.json", chart_token)
@@ -159,12 +176,19 @@ def test_agent_with_the_chart_token(apiserver: RealAPIServer, chart_token: str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEAGENT_", "KUBERNETES_"))}
     cmd = [sys.executable, "-m", "nodeagent", "run", "--host-root", str(host_root), "--listen", "127.0.0.1:0",
            "--log-format", "json", "--node-name", "node-a", "--kubeconfig", str(kubeconfig),
-           "--secret", f"{NS}/central"]  # fmt: skip
+           "--secret", f"{NS}/central", "--remove-startup-taint"]  # fmt: skip
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     agent = AgentProcess(host_root, log_path, proc)
     try:
         wait_for(lambda: agent.passwords() == {"registry.example.com": "SENTINEL-real-1"}, "first sync", timeout=60)
+
+        def taints(node: str) -> list[str]:  # (the server adds node.kubernetes.io/not-ready itself)
+            found = apiserver.request("GET", f"/api/v1/nodes/{node}")[1]["spec"].get("taints", [])
+            return [t["key"] for t in found if t["key"] != "node.kubernetes.io/not-ready"]
+
+        wait_for(lambda: taints("node-a") == ["other.io/dedicated"], "the startup taint gone from node-a", timeout=60)
+        assert [t["key"] for t in TAINTS] == taints("node-b")
         status, _ = apiserver.request(
             "PUT", f"/api/v1/namespaces/{NS}/secrets/central", _secret("central", "SENTINEL-real-2")
         )
