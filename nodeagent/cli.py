@@ -190,7 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_doctor.add_argument("--json", action="store_true", help="machine-readable report (docs/troubleshooting.md)")
     p_doctor.add_argument("--image", help="which credentials the kubelet would try for this image, in order")
     p_doctor.add_argument("--probe", action="store_true", help="contact each registry's /v2/ with its credential")
-    p_doctor.add_argument("--ca-file", help="extra CA bundle for --probe")
+    p_doctor.add_argument("--ca-file", help="extra CA bundle for --probe (the node's hosts.toml CAs are used too)")
+    p_doctor.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="--probe: seconds per connect/read phase; all registries are probed at once (default %(default)s)",
+    )
     p_doctor.add_argument(
         "--no-discover", action="store_true", help="do not look for the kubelet process; use the flags and presets"
     )
@@ -220,6 +226,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         facts = discover(kubelet_root_dir=settings.kubelet_root_dir, provider_config=config, provider_bin_dir=bin_dir)
     if args.containerd_config:
         facts.containerd_config = args.containerd_config
+    if args.timeout <= 0:
+        raise SettingsError("--timeout must be positive")
+    if args.probe:
+        print(f"probing every registry at once ({args.timeout:g} s per phase) ...", file=sys.stderr)
     report = run_doctor(
         hostfs=HostFS(settings.host_root),
         facts=facts,
@@ -229,6 +239,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         image=args.image,
         do_probe=args.probe,
         ca_file=args.ca_file,
+        probe_timeout=args.timeout,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

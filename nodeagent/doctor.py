@@ -7,17 +7,11 @@ was seen, why it matters and the fix. Reads only; never writes. Never prints a c
 
 from __future__ import annotations
 
-import base64
 import os
-import shlex
 import socket
-import ssl
 import stat
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -787,12 +781,55 @@ def check_image(
         )
 
 
+def registry_tls(fs: HostFS, roots: Sequence[str], host: str) -> dict[str, Any]:
+    """The TLS settings containerd uses for ``host`` from its hosts.toml (top level: ``ca``,
+    ``client``, ``skip_verify``), as real paths: the probe connects as the node does."""
+    for root in roots:
+        hosts_toml = f"{root.rstrip('/')}/{host}/hosts.toml"
+        try:
+            content = fs.read(hosts_toml)
+            document = loads_toml(content) if content is not None else None
+        except (HostFSError, DecodeError):
+            continue
+        if document is None:
+            continue
+        base = f"{root.rstrip('/')}/{host}"
+
+        def real(path: str, base: str = base) -> str:
+            return fs.real_path(path if path.startswith("/") else f"{base}/{path}")
+
+        cas = document.get("ca") or []
+        client = document.get("client")
+        pair = None
+        if isinstance(client, str):
+            pair = (real(client), real(client))
+        elif isinstance(client, list) and client:
+            first = client[0]
+            if isinstance(first, str) and len(client) == 2 and isinstance(client[1], str):
+                pair = (real(first), real(client[1]))
+            elif isinstance(first, list) and len(first) == 2:
+                pair = (real(str(first[0])), real(str(first[1])))
+        return {
+            "ca_files": tuple(real(str(c)) for c in ([cas] if isinstance(cas, str) else cas)),
+            "client_cert": pair,
+            "skip_verify": document.get("skip_verify") is True,
+        }
+    return {}
+
+
 def probe(
-    entries: dict[str, dict[str, Any]], *, ca_file: str | None = None, timeout: float = 10.0
+    entries: dict[str, dict[str, Any]],
+    *,
+    ca_file: str | None = None,
+    timeout: float = 10.0,
+    tls: Callable[[str], dict[str, Any]] | None = None,
 ) -> list[dict[str, str]]:
-    """Contact /v2/ of each registry with its credential (Basic, or the Bearer-token flow)."""
-    context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
-    results = []
+    """Contact /v2/ of every registry at once with its credential (Basic, or the Bearer-token
+    flow), each with the node's TLS settings for it (``tls(host)``)."""
+    from nodeagent.probe import FIXES, ProbeTarget, probe_all  # httpx: loaded only to probe
+
+    results: list[dict[str, str]] = []
+    targets: list[tuple[int, ProbeTarget]] = []
     for key, entry in entries.items():
         try:
             host = normalise_key(key).split("/", 1)[0]
@@ -805,74 +842,15 @@ def probe(
         except ValueError:
             results.append({"registry": key, "result": "invalid-credential"})
             continue
-        results.append({"registry": key, "result": _probe_one(host, user, password, context, timeout)})
+        targets.append((len(results), ProbeTarget(key, host, user, password, **(tls(host) if tls else {}))))
+        results.append({"registry": key, "result": ""})
+    for (index, _), result in zip(
+        targets, probe_all([t for _, t in targets], ca_file=ca_file, timeout=timeout), strict=True
+    ):
+        results[index]["result"] = result
+    for item in results:
+        item["fix"] = FIXES.get(item["result"], FIXES["unreachable"])
     return results
-
-
-class _RedirectRefused(Exception):
-    """A redirect with credentials to another scheme or host: not followed."""
-
-
-class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to the same https origin. urllib's default handler re-sends the
-    Authorization header to wherever a 30x points, http:// and other hosts included."""
-
-    def redirect_request(
-        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> urllib.request.Request | None:
-        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
-        if (new.scheme, new.netloc) != ("https", old.netloc):
-            raise _RedirectRefused()
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _probe_one(host: str, user: str, password: str, context: ssl.SSLContext, timeout: float) -> str:
-    basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    url = f"https://{host}/v2/"
-    opener = urllib.request.build_opener(_SameOriginRedirects(), urllib.request.HTTPSHandler(context=context))
-
-    def get(target: str, authorization: str | None) -> tuple[int, dict[str, str], bytes]:
-        if not target.startswith("https://"):
-            raise ValueError("only https is probed")
-        request = urllib.request.Request(target, headers={"Authorization": authorization} if authorization else {})  # noqa: S310
-        try:
-            with opener.open(request, timeout=timeout) as response:
-                return response.status, dict(response.headers), response.read(65536)
-        except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), b""
-
-    try:
-        status, headers, _ = get(url, None)
-        if status == 200:
-            return "anonymous-ok"
-        challenge = headers.get("WWW-Authenticate") or headers.get("Www-Authenticate") or ""
-        if challenge.lower().startswith("bearer"):
-            params = dict(
-                item.split("=", 1) for item in shlex.split(challenge[len("Bearer ") :].replace(",", " ")) if "=" in item
-            )
-            query = {k: v for k, v in params.items() if k in ("service", "scope")}
-            token_url = params.get("realm", "") + ("?" + urllib.parse.urlencode(query) if query else "")
-            if not token_url.startswith("https://"):
-                return "unsupported-realm"
-            t_status, _, body = get(token_url, basic)
-            if t_status != 200:
-                return "rejected"
-            answer = loads_json(body)
-            token = (answer.get("token") or answer.get("access_token")) if isinstance(answer, dict) else None
-            if not isinstance(token, str):
-                return "rejected"
-            status, _, _ = get(url, f"Bearer {token}")
-        else:
-            status, _, _ = get(url, basic)
-        return "valid" if status == 200 else "rejected" if status in (401, 403) else f"http-{status}"
-    except _RedirectRefused:
-        return "redirect-refused"
-    except ssl.SSLError:
-        return "tls-error"
-    except urllib.error.URLError as exc:
-        return "tls-error" if isinstance(exc.reason, ssl.SSLError) else "unreachable"
-    except (OSError, ValueError):
-        return "unreachable"
 
 
 def run_doctor(
@@ -885,6 +863,7 @@ def run_doctor(
     image: str | None = None,
     do_probe: bool = False,
     ca_file: str | None = None,
+    probe_timeout: float = 10.0,
 ) -> Report:
     doctor = _Doctor(hostfs, facts, state_dir, agent_root_dir, socket_path)
     doctor.check_kubelet()
@@ -905,16 +884,18 @@ def run_doctor(
         report.image["containerdHostsToml"] = containerd_hosts_for(hostfs, roots, image)
     if do_probe and doctor.used is not None:
         auths = {k: v for k, v in kubelet_entries(doctor.used[1]).items() if isinstance(v, dict)}
-        report.probe = probe(auths, ca_file=ca_file)
+        report.probe = probe(
+            auths, ca_file=ca_file, timeout=probe_timeout, tls=lambda host: registry_tls(hostfs, roots, host)
+        )
         for result in report.probe:
             if result["result"] not in ("valid", "anonymous-ok"):
                 report.findings.append(
                     Finding(
                         "probe.failed",
-                        "error" if result["result"] == "rejected" else "warning",
+                        "error" if result["result"] in ("rejected", "forbidden", "invalid-credential") else "warning",
                         f"{safe_key(result['registry'])}: {result['result']}",
                         "pulls from this registry fail with this credential",
-                        "rotate the credential in the central Secret, or fix the registry's reachability/CA",
+                        result["fix"],
                     )
                 )
     if not report.findings or all(f.severity in ("ok", "info") for f in report.findings):

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -276,7 +277,8 @@ def bearer_registry(tls: tuple[Path, Path, Path]) -> Iterator[str]:
 def test_probe_basic_and_bearer(
     host_root: Path, tmp_path: Path, tls: tuple[Path, Path, Path], basic_registry: str, bearer_registry: str
 ) -> None:
-    """--probe reports valid and rejected credentials (Basic and Bearer registries), unreachable and TLS errors."""
+    """--probe reports valid and rejected credentials (Basic and Bearer registries), refused
+    connections and TLS errors."""
     _sync(host_root, tmp_path, {
         basic_registry: {"auth": b64("puller:right-password")},
         f"{basic_registry}/wrong": {"auth": b64("puller:SENTINEL-wrong")},
@@ -289,7 +291,7 @@ def test_probe_basic_and_bearer(
         basic_registry: "valid",
         f"{basic_registry}/wrong": "rejected",
         bearer_registry: "valid",
-        "127.0.0.1:1": "unreachable",
+        "127.0.0.1:1": "refused",
     } == results
     assert 2 == code  # a rejected credential is a failure (an unreachable registry only a warning)
     _sync(
@@ -636,3 +638,95 @@ def test_image_pull_credentials_policy_is_reported(host_root: Path, policy: str 
     (finding,) = [f for f in report.findings if f.id == "kubelet.image-pull-policy"]
     assert (policy or "not set") in finding.seen
     assert ("nothing to do" == finding.fix) == (policy == "AlwaysVerify")
+
+
+def _plain_registry(tls: tuple[Path, Path, Path], handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(tls[1]), str(tls[2]))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_probe_asks_every_registry_at_once(tls: tuple[Path, Path, Path]) -> None:
+    """Three registries that answer only once all three have been asked: probes one after another
+    would time out; at once, all three answer."""
+    from nodeagent.doctor import probe
+
+    barrier = threading.Barrier(3, timeout=20)
+
+    class Waiting(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            barrier.wait()
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    servers = [_plain_registry(tls, Waiting) for _ in range(3)]
+    try:
+        entries = {f"127.0.0.1:{s.server_address[1]}": {"auth": b64("u:p")} for s in servers}
+        results = probe(entries, ca_file=str(tls[0]), timeout=10)
+    finally:
+        for server in servers:
+            server.shutdown()
+    assert ["anonymous-ok"] * 3 == [r["result"] for r in results]
+
+
+def test_probe_names_what_failed(tls: tuple[Path, Path, Path]) -> None:
+    """DNS, a refused port, a timeout and a 403 each get their own result and fix."""
+    from nodeagent.doctor import probe
+    from nodeagent.probe import FIXES
+
+    class Forbidding(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            self.send_response(403 if self.headers.get("Authorization") else 401)
+            self.send_header("WWW-Authenticate", 'Basic realm="r"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    forbidding = _plain_registry(tls, Forbidding)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does) and never answers
+    try:
+        entries = {
+            "registry.invalid": {"auth": b64("u:p")},  # .invalid never resolves (RFC 6761)
+            "127.0.0.1:1": {"auth": b64("u:p")},
+            f"127.0.0.1:{silent.getsockname()[1]}": {"auth": b64("u:p")},
+            f"127.0.0.1:{forbidding.server_address[1]}": {"auth": b64("u:SENTINEL-probe")},
+        }
+        results = probe(entries, ca_file=str(tls[0]), timeout=1)
+    finally:
+        forbidding.shutdown()
+        silent.close()
+    assert ["dns-error", "refused", "timeout", "forbidden"] == [r["result"] for r in results]
+    assert [FIXES[r["result"]] for r in results] == [r["fix"] for r in results]
+    assert "SENTINEL" not in json.dumps(results)
+
+
+def test_probe_uses_the_nodes_tls_settings(
+    host_root: Path, tmp_path: Path, tls: tuple[Path, Path, Path], basic_registry: str
+) -> None:
+    """The CA the agent wrote into a registry's hosts.toml is trusted by the probe, as containerd
+    trusts it: no --ca-file needed for a private-CA registry."""
+    _sync(host_root, tmp_path, {basic_registry: {"auth": b64("puller:right-password")}})
+    certs = host_root / "etc/containerd/certs.d" / basic_registry
+    certs.mkdir(parents=True)
+    (certs / "ca.crt").write_bytes(tls[0].read_bytes())
+    (certs / "hosts.toml").write_text(f'server = "https://{basic_registry}"\nca = "ca.crt"\n')
+    config = host_root / "etc/containerd/config.toml"
+    config.write_text(
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n'
+    )
+    _, report = _doctor(host_root, "--no-discover", "--probe", "--containerd-config", "/etc/containerd/config.toml")
+    assert ["valid"] == [r["result"] for r in report["probe"]]
+    (certs / "hosts.toml").unlink()
+    _, without = _doctor(host_root, "--no-discover", "--probe", "--containerd-config", "/etc/containerd/config.toml")
+    assert ["tls-error"] == [r["result"] for r in without["probe"]]
