@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_clean.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:9808"), help="HOST:PORT for --wait")
     _add_host_flags(p_clean)
+
+    p_wait = sub.add_parser(
+        "wait-cleanup",
+        help="wait until every pod of the uninstall DaemonSet has cleaned its node, then delete it (the chart's "
+        "post-delete hook)",
+    )
+    p_wait.add_argument("--daemonset", required=True, metavar="NAME", help="the cleanup DaemonSet")
+    p_wait.add_argument("--namespace", default=_env("NAMESPACE", "") or os.environ.get("POD_NAMESPACE") or "default")
+    p_wait.add_argument("--timeout", type=float, default=240.0, help="seconds (default %(default)s)")
+    p_wait.add_argument("--kubeconfig", default=_env("KUBECONFIG", "") or None, help="default: in-cluster config")
+    p_wait.add_argument("--log-format", choices=("auto", "json", "console"), default=_env("LOG_FORMAT", "auto"))
+    p_wait.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=_env("LOG_LEVEL", "info"))
 
     p_show = sub.add_parser("show", help="print the files the agent manages, secrets masked")
     _add_host_flags(p_show)
@@ -501,6 +514,42 @@ def _cmd_cleanup(args: argparse.Namespace, log: Any) -> int:
     return EXIT_OK
 
 
+def _cmd_wait_cleanup(args: argparse.Namespace, log: Any, *, api: KubeAPI | None = None) -> int:
+    """Poll the cleanup DaemonSet until every scheduled pod is ready (``cleanup --wait`` is ready
+    once its node is clean), then delete it. Exit 1 on timeout, naming how many nodes are left."""
+    if args.timeout <= 0:
+        raise SettingsError("--timeout must be positive")
+    api = api or KubernetesClient(args.kubeconfig)
+    deadline = time.monotonic() + args.timeout
+    status: dict[str, Any] = {}
+    seen: tuple[int, int] | None = None
+    while time.monotonic() < deadline:
+        daemonset = api.get_daemonset(args.namespace, args.daemonset)
+        if daemonset is None:
+            log.info("cleanup_daemonset_gone", daemonset=args.daemonset)
+            return EXIT_OK
+        status = daemonset.get("status") or {}
+        desired, ready = int(status.get("desiredNumberScheduled") or 0), int(status.get("numberReady") or 0)
+        observed = int(status.get("observedGeneration") or 0) >= int(daemonset["metadata"].get("generation") or 0)
+        if (ready, desired) != seen:
+            seen = (ready, desired)
+            log.info("waiting_for_cleanup", nodes_clean=ready, nodes=desired)
+        if observed and desired > 0 and ready >= desired:
+            log.info("nodes_cleaned", nodes=ready)
+            api.delete_daemonset(args.namespace, args.daemonset)
+            return EXIT_OK
+        time.sleep(2)
+    left = int(status.get("desiredNumberScheduled") or 0) - int(status.get("numberReady") or 0)
+    log.error(
+        "cleanup_timed_out",
+        daemonset=args.daemonset,
+        nodes_not_cleaned=left,
+        fix=f"kubectl -n {args.namespace} get pods -l app.kubernetes.io/component=cleanup: see why they are not ready; "
+        f"delete the DaemonSet {args.daemonset} by hand when done",
+    )
+    return EXIT_FAILED
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     settings = _settings(args)
     hostfs = HostFS(settings.host_root)
@@ -624,6 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_sync(args, log, redactor)
         if args.command == "cleanup":
             return _cmd_cleanup(args, log)
+        if args.command == "wait-cleanup":
+            return _cmd_wait_cleanup(args, log)
         if args.command == "run":
             return _cmd_run(args, log, redactor)
         if args.command == "doctor":

@@ -49,6 +49,12 @@ class KubeAPI(Protocol):
     def remove_node_taint(self, name: str, key: str) -> bool:
         """Remove the Node's taint with this key (False: it had none)."""
 
+    def get_daemonset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The DaemonSet (raw JSON), or None when it does not exist."""
+
+    def delete_daemonset(self, namespace: str, name: str) -> None:
+        """Delete the DaemonSet (its pods follow through garbage collection)."""
+
 
 def _retry_after(headers: Any) -> float | None:
     try:
@@ -75,6 +81,7 @@ class KubernetesClient:
         configuration.retries = 0  # the agent does its own backoff with jitter
         self._api_client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api_client)
+        self._apps = client.AppsV1Api(self._api_client)
         self._connect_timeout = connect_timeout
 
     def _call(self, what: str, fn: Any, *args: Any, read_timeout: float = 30.0, **kwargs: Any) -> Any:
@@ -169,6 +176,23 @@ class KubernetesClient:
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         self._call(f"create event in {namespace}", self._core.create_namespaced_event, namespace, body)
+
+    def get_daemonset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        what = f"get daemonset {namespace}/{name}"
+        try:
+            response = self._call(what, self._apps.read_namespaced_daemon_set, name, namespace)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._decode(what, response.data)
+
+    def delete_daemonset(self, namespace: str, name: str) -> None:
+        try:
+            self._call(f"delete daemonset {namespace}/{name}", self._apps.delete_namespaced_daemon_set, name, namespace)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
 
     def remove_node_taint(self, name: str, key: str) -> bool:
         from kubernetes.client import ApiException

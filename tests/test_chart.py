@@ -116,7 +116,12 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
 
 
 def only(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] == kind]
+    """The objects of a kind the release installs (Helm hooks apart: see hooks())."""
+    return [o for o in objects if o["kind"] == kind and "helm.sh/hook" not in o["metadata"].get("annotations", {})]
+
+
+def hooks(objects: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["metadata"].get("annotations", {}).get("helm.sh/hook") == event]
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -526,3 +531,28 @@ def test_startup_taint_is_removed_by_the_agent_under_the_node_policy() -> None:
     assert [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}] == rules
     (policy,) = only(objects, "ValidatingAdmissionPolicy")
     assert any("nodeagent.io/agent-not-ready" in v["expression"] for v in policy["spec"]["validations"])
+
+
+def test_helm_uninstall_restores_the_nodes() -> None:
+    """helm uninstall runs a post-delete DaemonSet of `nodeagent cleanup --wait` (its own selector,
+    no API token, no critical priority) and a Job that waits for it and may get and delete only it;
+    cleanupHook=false (clusters without hooks) renders none of it."""
+    objects = render()
+    cleanup = [o for o in hooks(objects, "post-delete") if o["kind"] == "DaemonSet"]
+    (daemonset,) = cleanup
+    pod = daemonset["spec"]["template"]["spec"]
+    (main,) = pod["containers"]
+    assert (["cleanup", "--wait"], False, None) == (
+        main["args"],
+        pod["automountServiceAccountToken"],
+        pod.get("priorityClassName"),
+    )
+    assert "cleanup" == daemonset["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+    (job,) = [o for o in hooks(objects, "post-delete") if o["kind"] == "Job"]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert ["wait-cleanup", "--daemonset", daemonset["metadata"]["name"]] == args[:3]
+    (role,) = [o for o in hooks(objects, "post-delete") if o["kind"] == "Role"]
+    assert [{"apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": [daemonset["metadata"]["name"]],
+             "verbs": ["get", "delete"]}] == role["rules"]  # fmt: skip
+    assert [] == hooks(render({"uninstall": {"cleanupHook": False}}), "post-delete")
+    assert [] == hooks(render(FEATURES["cleanup"]), "post-delete")  # the manual path needs none

@@ -23,7 +23,7 @@ from nodeagent.sources.kube import SecretWatcher
 from tests.conftest import b64
 from tests.integration.conftest import AgentProcess, wait_for
 from tests.real_parsers import RealAPIServer
-from tests.test_chart import render
+from tests.test_chart import only, render
 
 NS = "nodeagent"
 COLLECTIONS = {
@@ -92,7 +92,7 @@ def chart_token(apiserver: RealAPIServer) -> str:
                             "spec": {"taints": TAINTS}})  # fmt: skip
     _create(apiserver, _secret("central", "SENTINEL-real-1"))
     _create(apiserver, _secret("other", "SENTINEL-not-granted"))
-    (account,) = [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"]
+    (account,) = [o["metadata"]["name"] for o in only(objects, "ServiceAccount")]
     pod = _create(apiserver, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-a", "namespace": NS},
         "spec": {"serviceAccountName": account, "nodeName": "node-a",
@@ -333,3 +333,57 @@ def test_nodes_may_request_the_provider_audience(apiserver: RealAPIServer, chart
     served = kubelet_provide(node.config_path, node.bin_dir, "team.example.com/app", service_account="team-a/app",
                              token=token)  # fmt: skip
     assert [("user-SCOPED-real", "SCOPED-real")] == served
+
+
+def test_uninstall_job_waits_for_every_node_then_deletes_the_cleanup_daemonset(
+    apiserver: RealAPIServer, chart_token: str, tmp_path: Path
+) -> None:
+    """`nodeagent wait-cleanup` with only the chart's uninstall-hook token: it waits while a node
+    is not clean yet, and deletes the cleanup DaemonSet once every pod is ready (the status here is
+    set as the DaemonSet controller would set it: no controller runs in this test server)."""
+    from tests.test_chart import hooks
+
+    objects = render({"secrets": [{"name": "central"}]})
+    (daemonset,) = [o for o in hooks(objects, "post-delete") if o["kind"] == "DaemonSet"]
+    name = daemonset["metadata"]["name"]
+    status, created = apiserver.request("POST", f"/apis/apps/v1/namespaces/{NS}/daemonsets", daemonset)
+    assert 201 == status, created
+
+    def set_status(ready: int) -> None:
+        body = {
+            "status": {
+                "desiredNumberScheduled": 2,
+                "numberReady": ready,
+                "currentNumberScheduled": 2,
+                "numberMisscheduled": 0,
+                "observedGeneration": created["metadata"]["generation"],
+            }
+        }
+        path = f"/apis/apps/v1/namespaces/{NS}/daemonsets/{name}/status"
+        assert 200 == apiserver.request("PATCH", path, body, content_type="application/merge-patch+json")[0]
+
+    set_status(1)
+    status, body = apiserver.request(
+        "POST", f"/api/v1/namespaces/{NS}/serviceaccounts/na-nodeagent-uninstall/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}},
+    )  # fmt: skip
+    assert 201 == status, body
+    kubeconfig = apiserver.kubeconfig(tmp_path / "uninstall.json", body["status"]["token"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEAGENT_", "KUBERNETES_"))}
+    command = [sys.executable, "-m", "nodeagent", "wait-cleanup", "--daemonset", name, "--namespace", NS,
+               "--kubeconfig", str(kubeconfig), "--timeout", "60", "--log-format", "json"]  # fmt: skip
+    log_path = tmp_path / "wait.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: b'"nodes_clean": 1' in log_path.read_bytes(), "one node of two clean", timeout=60)
+        assert (None, 200) == (
+            proc.poll(),
+            apiserver.request("GET", f"/apis/apps/v1/namespaces/{NS}/daemonsets/{name}")[0],
+        )
+        set_status(2)
+        assert 0 == proc.wait(timeout=60), log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 404 == apiserver.request("GET", f"/apis/apps/v1/namespaces/{NS}/daemonsets/{name}")[0]
