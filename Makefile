@@ -40,6 +40,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check nodeagent tests benchmarks
 	$(BIN)/ruff format --check nodeagent tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
