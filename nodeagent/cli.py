@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", default=_env("LISTEN", "0.0.0.0:9808"), help="HOST:PORT of /healthz, /readyz, /metrics"
     )
     p_run.add_argument("--on-secret-deleted", choices=("keep", "remove"), default=_env("ON_SECRET_DELETED", "keep"))
-    p_run.add_argument("--resync-interval", type=float, default=float(_env("RESYNC_INTERVAL", "600")))
+    p_run.add_argument("--resync-interval", type=_seconds("RESYNC_INTERVAL"), default=_env("RESYNC_INTERVAL", "600"))
     p_run.add_argument("--no-events", action="store_true", default=_env_flag("EVENTS"), help="do not create Events")
     p_run.add_argument(
         "--no-annotations", action="store_true", default=_env_flag("ANNOTATIONS"), help="do not annotate the Node"
@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument(
         "--forbidden-retry",
-        type=float,
-        default=float(_env("FORBIDDEN_RETRY", "60")),
+        type=_seconds("FORBIDDEN_RETRY"),
+        default=_env("FORBIDDEN_RETRY", "60"),
         help="seconds between retries after 401/403 (default %(default)s)",
     )
     _add_host_flags(p_run)
@@ -295,8 +295,8 @@ def _add_containerd_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--containerd-restart-interval",
-        type=float,
-        default=float(_env("CONTAINERD_RESTART_INTERVAL", "300")),
+        type=_seconds("CONTAINERD_RESTART_INTERVAL"),
+        default=_env("CONTAINERD_RESTART_INTERVAL", "300"),
         help="at most one containerd restart per this many seconds (default %(default)s)",
     )
 
@@ -400,6 +400,23 @@ def _provider_settings(args: argparse.Namespace, required: bool, *, ecr: bool = 
         audience=args.service_account_token_audience if args.service_account_tokens else None,
         config_json=not args.provider_only,
     )
+
+
+def _seconds(env: str) -> Any:
+    """An argparse type for a number of seconds whose default may come from ``NODEAGENT_<env>``:
+    argparse converts a string default only when the command uses it, inside its own error
+    handling (exit 2, naming the flag), so a bad value never surfaces as a traceback."""
+
+    def convert(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text[:40]!r} is not a number of seconds (from the flag or NODEAGENT_{env})"
+            ) from None
+
+    convert.__name__ = "seconds"
+    return convert
 
 
 def _env_flag(name: str) -> bool:
@@ -660,9 +677,25 @@ def _cmd_run(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     os._exit(code)
 
 
+def _check_env_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse checks ``choices`` only for values given on the command line; a default taken from
+    a ``NODEAGENT_*`` variable is checked here, with the same exit 2 and a message naming the flag."""
+    commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command = commands.choices.get(args.command) if commands is not None and args.command else None
+    for action in (command or parser)._actions:
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            options = ", ".join(str(c) for c in action.choices)
+            (command or parser).error(
+                f"argument {'/'.join(action.option_strings)}: invalid choice {str(value)[:40]!r} from its NODEAGENT_* "
+                f"variable (choose from {options})"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_env_choices(parser, args)
     if args.command == "version":
         print(f"nodeagent {__version__}")
         return EXIT_OK

@@ -203,3 +203,39 @@ def test_cleanup_wait_serves_ready_until_sigterm(host_root: Path, good: str) -> 
     finally:
         proc.send_signal(signal.SIGTERM)
     assert 0 == proc.wait(timeout=10)
+
+
+def _env_checked_flags() -> list[tuple[str, str, str]]:
+    """(command, flag, dest) of every flag whose default may come from NODEAGENT_<DEST> and that
+    has a constrained value: choices, or a number of seconds."""
+    import argparse
+
+    from nodeagent import cli
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found = []
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            constrained = action.choices is not None or getattr(action.type, "__name__", "") == "seconds"
+            if constrained and action.option_strings:
+                found.append((name, action.option_strings[0], action.dest))
+    return found
+
+
+@pytest.mark.parametrize(("command", "flag", "dest"), _env_checked_flags())
+def test_a_bad_environment_value_is_a_usage_error(
+    command: str, flag: str, dest: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every constrained flag's NODEAGENT_* variable with a bad value: exit 2 with a message naming
+    the flag, for every command, never a traceback (argparse checks neither choices nor types of
+    defaults by itself)."""
+    from nodeagent import cli
+
+    monkeypatch.setenv(f"NODEAGENT_{dest.upper()}", "10m-bogus")
+    extra = {"wait-cleanup": ["--daemonset", "x"], "run": ["--from-file", "/dev/null"]}.get(command, [])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, *extra, "--host-root", "/nonexistent-host-root"] if command != "wait-cleanup" else
+                 [command, *extra])  # fmt: skip
+    assert 2 == exit_info.value.code
+    assert f"argument {flag}" in capsys.readouterr().err
