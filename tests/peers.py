@@ -129,20 +129,15 @@ class Registry:
             request.add_header(name, value)
         return urllib.request.urlopen(request, context=self.context(), timeout=10)  # noqa: S310
 
-    def push_image(self, repository: str, tag: str, content: bytes) -> str:
-        """Build a one-layer image holding ``/hello`` and push it; return the manifest digest."""
-        raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w") as tar:
-            info = tarfile.TarInfo("hello")
-            info.size = len(content)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(content))
-        layer = gzip.compress(raw.getvalue(), mtime=0)
+    def push_image(self, repository: str, tag: str, content: bytes, *, mode: int = 0o644) -> str:
+        """Build a one-layer image holding ``/hello`` (``mode``: 0o755 for a program) and push it;
+        return the manifest digest."""
+        layer, raw = image_layer({"hello": (content, mode)})
         config = json.dumps({
             "architecture": "amd64",
             "os": "linux",
             "config": {},
-            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()]},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},
         }).encode()  # fmt: skip
         for blob in (layer, config):
             digest = "sha256:" + hashlib.sha256(blob).hexdigest()
@@ -188,6 +183,17 @@ disabled_plugins = [
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{certs}"
 """
+
+
+def image_layer(files: dict[str, tuple[bytes, int]]) -> tuple[bytes, bytes]:
+    """A gzipped tar layer of ``{name: (content, mode)}``, and the uncompressed tar (for diff_ids)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, (content, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), mode
+            tar.addfile(info, io.BytesIO(content))
+    return gzip.compress(raw.getvalue(), mtime=0), raw.getvalue()
 
 
 class PullFailed(Exception):
