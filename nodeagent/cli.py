@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_sync.add_argument("--dry-run", action="store_true", help="print a redacted diff, write nothing")
     p_sync.set_defaults(env_files=env_files)
+    _add_provider_flags(p_sync)
     _add_containerd_flags(p_sync)
     _add_host_flags(p_sync)
 
@@ -476,7 +477,8 @@ def _cmd_sync(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     files = args.from_file or args.env_files
     if not files:
         raise SettingsError("sync needs at least one --from-file PATH (or NODEAGENT_FROM_FILE)")
-    settings = _settings(args, files, args.dry_run)
+    provider = _provider_settings(args, required=True, ecr=False) if args.credential_provider else None
+    settings = _settings(args, files, args.dry_run, provider=provider)
     registry_settings = load_registry_settings(settings.registry_config) if settings.registry_config else None
     sources = load_file_sources(settings.from_files)
     for source in sources:

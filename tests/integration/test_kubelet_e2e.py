@@ -98,6 +98,7 @@ class Kubelet:
     def __init__(self, root: Path, runtime: Path) -> None:
         self.root, self.runtime = root, runtime
         self.proc: subprocess.Popen[bytes] | None = None
+        self.flags: list[str] = []
         self.log = root / "kubelet.log"
 
     @property
@@ -124,13 +125,30 @@ class Kubelet:
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {}, "serializeImagePulls": True,
+            "evictionHard": {}, "serializeImagePulls": True, "fileCheckFrequency": "1s",
         }))  # fmt: skip
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": str(empty)}
         command = [str(harness_binary("kubelet", "kubelet")), "--config", str(config),
-                   "--root-dir", str(self.root_dir), "--hostname-override", "kubelet-e2e", "--v=2"]  # fmt: skip
+                   "--root-dir", str(self.root_dir), "--hostname-override", "kubelet-e2e", "--v=2",
+                   *self.flags]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=log, cwd=empty, env=env)
+
+    def running(self, message: str) -> bool:
+        """Whether a container of a pod has printed ``message`` (the kubelet's own pod logs)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            pytest.fail(f"the kubelet exited: {self.log.read_text(errors='replace')[-3000:]}")
+        logs = self.root / "pod-logs"
+        return any(message.encode() in p.read_bytes() for p in logs.rglob("*.log") if p.is_file())
+
+    def run_pod(self, name: str, image: str, message: str) -> None:
+        """A static pod (host network, no imagePullSecrets) whose container prints ``message``."""
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        (self.manifests / f"{name}.json").write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"hostNetwork": True, "containers": [{
+                "name": "app", "image": image, "imagePullPolicy": "Always", "command": ["/hello", message]}]},
+        }))  # fmt: skip
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -251,3 +269,59 @@ def test_a_pod_pulls_a_private_image_with_only_what_nodeagent_wrote(
         f"(image {digest[:19]}..., {time.monotonic() - started:.0f} s from kubelet start)"
     )
     assert registry.password not in kubelet.log.read_text(errors="replace")
+
+
+def _import_pause(root: Path, containerd: Containerd, program: bytes) -> None:
+    archive = root / "pause.tar"
+    _oci_archive(archive, program, PAUSE)
+    subprocess.run([need("ctr"), "-a", str(containerd.socket), "-n", "k8s.io", "images", "import",
+                    "--snapshotter", "native", str(archive)], check=True, capture_output=True, timeout=60)  # fmt: skip
+
+
+def test_the_kubelet_uses_a_rotation_on_its_next_pull_through_the_provider(
+    node: tuple[Path, Registry, Containerd, Kubelet, bytes],
+) -> None:
+    """With nodeagent-credential-provider wired into the kubelet (its flags) and --provider-only,
+    config.json holds nothing of the registry and the kubelet still pulls, by running the plugin;
+    after the registry's password is rotated and the Secret with it, the very next pull uses the
+    new password (the plugin's answers are not cached), with no kubelet restart."""
+    root, registry, containerd, kubelet, program = node
+    registry.push_image("team/private", "1", program, mode=0o755)
+    _import_pause(root, containerd, program)
+    secret, state = root / "secret.json", root / "state"
+    bin_dir, provider_config = root / "provider-bin", root / "provider-config.yaml"
+    (root / "registries.toml").write_text(f'[registries."{registry.host}"]\nca = "{registry.ca}"\n')
+
+    def sync(password: str) -> None:
+        auth = base64.b64encode(f"{registry.username}:{password}".encode()).decode()
+        secret.write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
+        result = subprocess.run([
+            sys.executable, "-m", "nodeagent", "sync", "--host-root", "/", "--log-format", "json",
+            "--from-file", str(secret), "--kubelet-root-dir", str(kubelet.root_dir), "--state-dir", str(state),
+            "--containerd-config", str(root / "etc/containerd/config.toml"),
+            "--registry-config", str(root / "registries.toml"),
+            "--credential-provider", "--provider-only", "--provider-bin-dir", str(bin_dir),
+            "--provider-config", str(provider_config),
+        ], capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert 0 == result.returncode, result.stderr[-2000:]
+
+    sync(registry.password)
+    config_json = kubelet.root_dir / "config.json"
+    assert not config_json.exists() or registry.host not in config_json.read_text()
+    kubelet.flags = ["--image-credential-provider-config", str(provider_config),
+                     "--image-credential-provider-bin-dir", str(bin_dir)]  # fmt: skip
+    kubelet.start()
+    image = f"{registry.host}/team/private:1"
+    kubelet.run_pod("before", image, "pulled with the first password")
+    wait_for(lambda: kubelet.running("pulled with the first password"), "the pull through the provider", timeout=120)
+
+    registry.set_password("SENTINEL-rotated-password")
+    sync(registry.password)
+    rotated = time.monotonic()
+    kubelet.run_pod("after", image, "pulled with the rotated password")
+    wait_for(lambda: kubelet.running("pulled with the rotated password"), "the pull after the rotation", timeout=120)
+    FIGURES["real kubelet, credential provider"] = (
+        f"after a rotation the next pull used the new password: its container ran {time.monotonic() - rotated:.1f} s "
+        "after the sync (the kubelet looks for new static pods every second)"
+    )
+    assert "SENTINEL" not in kubelet.log.read_text(errors="replace")
