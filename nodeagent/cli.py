@@ -57,6 +57,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+EXIT_DOCTOR_FAILED = 3
+"""doctor could not finish (its own failure), distinct from 1 (warnings) and 2 (failures found)."""
 
 _SECRET_REF = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -199,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_flags(p_install)
 
     p_doctor = sub.add_parser(
-        "doctor", help="why can't this node pull my image? (exit 0 healthy, 1 warnings, 2 failures)"
+        "doctor",
+        help="why can't this node pull my image? (exit 0 healthy, 1 warnings, 2 failures, 3 doctor itself failed)",
     )
     p_doctor.add_argument("--json", action="store_true", help="machine-readable report (docs/troubleshooting.md)")
     p_doctor.add_argument("--image", help="which credentials the kubelet would try for this image, in order")
@@ -732,12 +735,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except NodeagentError as exc:
         log.error(f"{args.command}_failed", error=str(exc), error_type=type(exc).__name__)
-        return EXIT_FAILED
+        return EXIT_DOCTOR_FAILED if args.command == "doctor" else EXIT_FAILED
     except Exception:
         # A bug, not an expected failure: the traceback goes through the redacting logger, never
         # straight to stderr, so no secret a local variable held can be printed.
         log.exception(f"{args.command}_crashed")
-        return EXIT_FAILED
+        return EXIT_DOCTOR_FAILED if args.command == "doctor" else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -489,16 +489,22 @@ class _Doctor:
                     "fix the TOML",
                 )
                 continue
-            for url, settings in (document.get("host") or {}).items():
-                cas = settings.get("ca") or []
-                for ca in [cas] if isinstance(cas, str) else cas:
+            tables = document.get("host")
+            # The registry itself at the top level (server), then each [host."URL"] table.
+            sections = [("server", document)] + (
+                [(f'[host."{url}"]', t) for url, t in tables.items() if isinstance(t, dict)]
+                if isinstance(tables, dict)
+                else []
+            )
+            for where, settings in sections:
+                for ca in _strings(settings.get("ca")):
                     ca_path = ca if ca.startswith("/") else f"{root.rstrip('/')}/{host}/{ca}"
                     problem = _certificate_problem(self._read(ca_path))
                     if problem:
                         self.add(
                             "containerd.ca-invalid",
                             "error",
-                            f'{hosts_toml} [host."{url}"] ca {ca_path}: {problem}',
+                            f"{hosts_toml} {where} ca {ca_path}: {problem}",
                             "TLS to the registry fails: x509: certificate signed by unknown authority",
                             "put the registry's current CA certificate (PEM) at that path",
                         )
@@ -617,7 +623,8 @@ class _Doctor:
                 )
         if name != STATIC_PLUGIN_NAME:
             return
-        args = [str(a) for a in entry.get("args") or []]
+        raw_args = entry.get("args")
+        args = [str(a) for a in raw_args] if isinstance(raw_args, list) else []
         credentials = args[args.index("--credentials") + 1] if "--credentials" in args[:-1] else None
         if credentials is None or self._read(credentials) is None:
             self.add(
@@ -781,6 +788,13 @@ def check_image(
         )
 
 
+def _strings(value: Any) -> list[str]:
+    """A TOML value that should be a string or a list of strings, as a list (anything else: none)."""
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
 def registry_tls(fs: HostFS, roots: Sequence[str], host: str) -> dict[str, Any]:
     """The TLS settings containerd uses for ``host`` from its hosts.toml (top level: ``ca``,
     ``client``, ``skip_verify``), as real paths: the probe connects as the node does."""
@@ -798,7 +812,6 @@ def registry_tls(fs: HostFS, roots: Sequence[str], host: str) -> dict[str, Any]:
         def real(path: str, base: str = base) -> str:
             return fs.real_path(path if path.startswith("/") else f"{base}/{path}")
 
-        cas = document.get("ca") or []
         client = document.get("client")
         pair = None
         if isinstance(client, str):
@@ -807,10 +820,10 @@ def registry_tls(fs: HostFS, roots: Sequence[str], host: str) -> dict[str, Any]:
             first = client[0]
             if isinstance(first, str) and len(client) == 2 and isinstance(client[1], str):
                 pair = (real(first), real(client[1]))
-            elif isinstance(first, list) and len(first) == 2:
-                pair = (real(str(first[0])), real(str(first[1])))
+            elif isinstance(first, list) and len(_strings(first)) == 2:
+                pair = (real(first[0]), real(first[1]))
         return {
-            "ca_files": tuple(real(str(c)) for c in ([cas] if isinstance(cas, str) else cas)),
+            "ca_files": tuple(real(c) for c in _strings(document.get("ca"))),
             "client_cert": pair,
             "skip_verify": document.get("skip_verify") is True,
         }

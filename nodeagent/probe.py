@@ -128,7 +128,7 @@ def probe_one(target: ProbeTarget, *, ca_file: str | None, timeout: float) -> st
     url = f"https://{target.host}/v2/"
     try:
         context = _context(target, ca_file)
-    except (OSError, ssl.SSLError):
+    except (OSError, ssl.SSLError, ValueError):  # the node's CA or client files unusable
         return "tls-error"
     try:
         with httpx.Client(verify=context, timeout=timeout, follow_redirects=False, trust_env=True) as client:

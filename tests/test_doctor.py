@@ -19,6 +19,8 @@ from typing import Any
 
 import bcrypt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import b64
 from tests.tls import make_ca_and_server
@@ -730,3 +732,106 @@ def test_probe_uses_the_nodes_tls_settings(
     (certs / "hosts.toml").unlink()
     _, without = _doctor(host_root, "--no-discover", "--probe", "--containerd-config", "/etc/containerd/config.toml")
     assert ["tls-error"] == [r["result"] for r in without["probe"]]
+
+
+# -- every check against corrupt and hostile node files ---------------------------------------------
+_DOCTOR_FILES = [
+    "var/lib/kubelet/config.json",
+    "var/lib/nodeagent/state.json",
+    "var/lib/nodeagent/ecr-tokens.json",
+    "var/lib/nodeagent/provider-credentials.json",
+    "etc/kubernetes/credential-providers/nodeagent-ecr.yaml",
+    "etc/containerd/config.toml",
+    "etc/containerd/conf.d/nodeagent.toml",
+    "etc/containerd/certs.d/r.example.com/hosts.toml",
+    "etc/containerd/certs.d/r.example.com/ca.crt",
+    "var/lib/kubelet/kubelet-config.yaml",
+]
+_HOSTILE = st.one_of(
+    st.binary(max_size=200),
+    st.sampled_from(
+        [
+            b"",
+            b"null",
+            b"[]",
+            b"{}",
+            b'{"auths": []}',
+            b'{"auths": {"r.example.com": 5}}',
+            b'{"auths": {"%": {}}}',
+            b'{"auths": {"r.example.com": {"auth": "%%%"}}, "Auths": null}',
+            b'{"a": 1, "a": 2}',
+            b"\xff\xfe",
+            b'{"version": 1, "files": {"/x": {"target": "kubelet", "owned": {"k": 1}}}}',
+            b'{"version": 99}',
+            b'{"tokens": {"us-east-1": {"token": 5, "expiresAt": "x"}}}',
+            b'{"version": 1, "entries": "x"}',
+            b"providers: 5",
+            b"providers: [5]",
+            b"providers: [{name: nodeagent-credential-provider, args: 7}]",
+            b"kind: CredentialProviderConfig\nproviders:\n- {name: nodeagent-ecr-credential-provider, apiVersion: 5}",
+            b'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = 5',
+            b"version = 3\nimports = 5",
+            b'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]',
+            b'server = 5\n[host."https://x"]\nca = 7',
+            b"ca = [1, 2]\nclient = [[1]]",
+            b"[[[",
+            b"-----BEGIN CERTIFICATE-----\nx",
+            b"imagePullCredentialsVerificationPolicy: [1]",
+            b"!!python/object:os.system x",
+            b"a: &a [*a]",
+            b"[" * 5000,
+            b'{"x": ' * 200 + b"1" + b"}" * 200,
+            b"9" * 5000,
+            b"NaN",
+            b'"\\ud800"',
+        ]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(contents=st.lists(st.tuples(st.sampled_from(_DOCTOR_FILES), _HOSTILE), min_size=1, max_size=6))
+def test_doctor_survives_any_node_file(
+    tmp_path_factory: pytest.TempPathFactory, contents: list[tuple[str, bytes]]
+) -> None:
+    """doctor reads every node file it checks (config.json, the ledger, the token cache and the
+    provider's credentials, the provider config, containerd's config, drop-in, hosts.toml and CA,
+    the kubelet's config) and reports on it: no content of any of them makes doctor itself fail."""
+    from nodeagent.config import PROVIDER_PRESETS
+    from nodeagent.doctor import NodeFacts, run_doctor
+    from nodeagent.hostfs import HostFS
+
+    root = tmp_path_factory.mktemp("hostile-node")
+    for name, content in contents:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    bin_dir, config = PROVIDER_PRESETS["kubeadm"]
+    facts = NodeFacts(
+        "/var/lib/kubelet", provider_config=config, provider_bin_dir=bin_dir, kubelet_started=0.0,
+        kubelet_version="v1.32.0", kubelet_config="/var/lib/kubelet/kubelet-config.yaml",
+        containerd_config="/etc/containerd/config.toml",
+    )  # fmt: skip
+    report = run_doctor(
+        hostfs=HostFS(root), facts=facts, state_dir="/var/lib/nodeagent", agent_root_dir="/var/lib/kubelet",
+        socket_path="/run/nodeagent/agent.sock", image="r.example.com/team/app:1",
+    )  # fmt: skip
+    assert report.status in ("healthy", "warnings", "failures")
+    json.dumps(report.to_json())  # the --json output can always be written
+    from nodeagent.doctor import registry_tls
+    from nodeagent.probe import ProbeTarget, probe_one
+
+    tls = registry_tls(HostFS(root), ["/etc/containerd/certs.d"], "r.example.com")  # what --probe would use
+    target = ProbeTarget("r.example.com", "127.0.0.1:1", "u", "p", **tls)
+    assert probe_one(target, ca_file=None, timeout=1) in ("refused", "tls-error")
+
+
+def test_doctor_failing_itself_has_its_own_exit_code(host_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure of doctor itself exits 3, never 1 (warnings found) or 2 (failures found)."""
+    from nodeagent import cli, doctor
+
+    def broken(**_: Any) -> None:
+        raise RuntimeError("a bug in a check")
+
+    monkeypatch.setattr(doctor, "run_doctor", broken)
+    assert 3 == cli.main(["doctor", "--no-discover", "--host-root", str(host_root), "--log-format", "json"])
