@@ -29,6 +29,7 @@ from nodeagent.observe.events import EventRecorder
 from nodeagent.observe.health import HealthServer
 from nodeagent.observe.logging import Redactor, get_logger
 from nodeagent.observe.metrics import Metrics
+from nodeagent.observe.posting import Poster
 from nodeagent.reconcile import SyncReport, sync
 from nodeagent.registry_settings import SettingsLoad, load_registry_settings
 from nodeagent.selectors import InvalidSelector, Selector, parse_selector
@@ -143,8 +144,12 @@ class Agent:
         self._background: list[threading.Thread] = []
         """Other threads the agent cannot work without (the ECR token refresher)."""
         self.tokens: TokenManager | None = None
+        # Events and Node annotations go out on the poster's thread: a slow API never delays a write.
+        self._poster = Poster()
         self._events = (
-            EventRecorder(api=api, node_name=settings.node_name, namespace=settings.event_namespace)
+            EventRecorder(
+                api=api, node_name=settings.node_name, namespace=settings.event_namespace, poster=self._poster
+            )
             if api is not None and settings.node_name and settings.events
             else None
         )
@@ -358,6 +363,7 @@ class Agent:
             metrics=self.metrics.render,
         )
         server.start()
+        self._poster.start()
         self.log.info("agent_started", sources=[s.label for s in self.settings.sources], port=server.port)
         self._start_sources()
         ecr_server = self._start_ecr() if self.settings.ecr else None
@@ -406,6 +412,7 @@ class Agent:
                 if isinstance(watcher, FileWatcher):
                     watcher.stop()
             server.stop()
+            self._poster.stop()
             self.log.info("agent_stopped")
         return 0
 
@@ -702,10 +709,13 @@ class Agent:
         if self.api is None or not self.settings.node_name or not self.settings.annotations:
             return
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        try:
-            self.api.patch_node_annotations(
-                self.settings.node_name, {REVISION_ANNOTATION: report.revision, SYNCED_AT_ANNOTATION: stamp}
-            )
-            self._status.annotated_revision = report.revision
-        except KubeError as exc:
-            self.log.warning("annotate_failed", error=str(exc))
+        api, node, revision = self.api, self.settings.node_name, report.revision
+
+        def annotate() -> None:
+            try:
+                api.patch_node_annotations(node, {REVISION_ANNOTATION: revision, SYNCED_AT_ANNOTATION: stamp})
+                self._status.annotated_revision = revision
+            except KubeError as exc:
+                self.log.warning("annotate_failed", error=str(exc))
+
+        self._poster.post("annotate node", annotate)

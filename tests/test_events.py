@@ -28,3 +28,30 @@ def test_dedupe_and_rate_limit() -> None:
     assert True is recorder.emit("R", "same")
     assert {"Node"} == {e["involvedObject"]["kind"] for e in api.events}
     assert 5 == len(api.events)
+
+
+def test_a_slow_api_never_delays_the_caller() -> None:
+    """With a poster, emit returns while the API call is still blocked (on the poster's thread);
+    the Event is delivered once the API answers, and a full queue drops rather than blocks."""
+    import threading
+
+    from nodeagent.observe.posting import Poster
+
+    release, sent = threading.Event(), []
+
+    class SlowAPI:
+        def create_event(self, namespace: str, body: dict[str, object]) -> None:
+            release.wait()
+            sent.append(body["reason"])
+
+    poster = Poster(size=2)
+    poster.start()
+    recorder = EventRecorder(api=SlowAPI(), node_name="n", poster=poster, burst=100)  # type: ignore[arg-type]
+    caller = threading.Thread(target=lambda: [recorder.emit(f"R{i}", "m") for i in range(5)])
+    caller.start()
+    caller.join(timeout=30)  # a bound on a hang, not a timing assertion
+    assert not caller.is_alive()
+    assert poster.dropped >= 1  # one in flight, two queued, the rest dropped: never a blocked caller
+    release.set()
+    poster.stop(timeout=30)
+    assert "R0" == sent[0] and len(sent) == 5 - poster.dropped

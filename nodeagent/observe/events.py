@@ -2,7 +2,8 @@
 
 The same (reason, message) is not repeated within ``dedupe_window`` seconds, and at most
 ``burst`` events go out per ``per`` seconds, so a flapping Secret cannot flood the API server.
-Messages name sources and registry keys, never a credential.
+Messages name sources and registry keys, never a credential. With a ``poster`` the API call is
+made on the poster's thread, never on the caller's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 from nodeagent.kube import KubeAPI, KubeError
 from nodeagent.observe.logging import get_logger
+from nodeagent.observe.posting import Poster
 
 __all__ = ["EventRecorder"]
 
@@ -29,8 +31,9 @@ class EventRecorder:
         burst: int = 10,
         per: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        poster: Poster | None = None,
     ) -> None:
-        self.api, self.node_name, self.namespace = api, node_name, namespace
+        self.api, self.node_name, self.namespace, self.poster = api, node_name, namespace, poster
         self.node_uid = ""
         self._dedupe_window, self._burst, self._per, self._clock = dedupe_window, burst, per, clock
         self._last: dict[tuple[str, str], float] = {}
@@ -39,7 +42,8 @@ class EventRecorder:
         self.log = get_logger()
 
     def emit(self, reason: str, message: str, *, warning: bool = False) -> bool:
-        """Send an event unless it is a recent duplicate or over the rate limit; True if sent."""
+        """Send an event unless it is a recent duplicate or over the rate limit; True if sent (or,
+        with a poster, queued)."""
         now = self._clock()
         key = (reason, message)
         with self._lock:  # source threads and the reconcile loop both emit
@@ -66,6 +70,8 @@ class EventRecorder:
             "lastTimestamp": stamp,
             "count": 1,
         }
+        if self.poster is not None:
+            return self.poster.post(f"event {reason}", lambda: self.api.create_event(self.namespace, body))
         try:
             self.api.create_event(self.namespace, body)
         except KubeError as exc:
