@@ -343,38 +343,30 @@ def _add_provider_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--socket", default=_env("SOCKET", "/run/nodeagent/agent.sock"), help="agent socket (host path)"
     )
-    parser.add_argument(
-        "--credential-provider",
-        action="store_true",
-        default=_env_true("CREDENTIAL_PROVIDER"),
-        help="serve every registry's credentials through the kubelet's exec-plugin path "
-        "(nodeagent-credential-provider: a rotation reaches the next pull; namespace-scoped Secrets)",
-    )
-    parser.add_argument(
-        "--credential-provider-ports",
-        default=_env("CREDENTIAL_PROVIDER_PORTS", ""),
-        metavar="PORT,...",
-        help="registry ports to ask the provider for besides those in the sources (a new one needs a kubelet restart)",
-    )
-    parser.add_argument(
-        "--service-account-tokens",
-        action="store_true",
-        default=_env_true("SERVICE_ACCOUNT_TOKENS"),
-        help="have the kubelet pass each pod's ServiceAccount token (k8s >= 1.33, KEP-4412): serves "
-        "namespace-scoped credentials; a kubelet older than 1.33 does not start with it",
-    )
-    parser.add_argument(
-        "--service-account-token-audience",
-        default=_env("SERVICE_ACCOUNT_TOKEN_AUDIENCE", "nodeagent"),
-        help="the tokens' audience (the chart grants the nodes this audience)",
-    )
-    parser.add_argument(
-        "--provider-only",
-        action="store_true",
-        default=_env_true("PROVIDER_ONLY"),
-        help="with --credential-provider: leave node-wide credentials out of config.json (every kubelet "
-        "must run the provider, i.e. have been restarted since it was installed)",
-    )
+    for flag, env, default, text in _PROVIDER_FLAGS:
+        if default is None:  # a switch
+            parser.add_argument(flag, action="store_true", default=_env_true(env), help=f"{text} (NODEAGENT_{env})")
+        else:
+            parser.add_argument(flag, default=_env(env, default), help=f"{text} (NODEAGENT_{env})")
+
+
+_PROVIDER_FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
+    # flag, NODEAGENT_ variable, default (None: a switch), help
+    ("--credential-provider", "CREDENTIAL_PROVIDER", None,
+     "serve every registry's credentials through the kubelet's exec-plugin path (nodeagent-credential-provider: "
+     "a rotation reaches the next pull; namespace-scoped Secrets)"),
+    ("--credential-provider-ports", "CREDENTIAL_PROVIDER_PORTS", "",
+     "comma-separated registry ports to ask the provider for besides those in the sources (a new one needs a "
+     "kubelet restart)"),
+    ("--service-account-tokens", "SERVICE_ACCOUNT_TOKENS", None,
+     "have the kubelet pass each pod's ServiceAccount token (k8s >= 1.33, KEP-4412): serves namespace-scoped "
+     "credentials; a kubelet older than 1.33 does not start with it"),
+    ("--service-account-token-audience", "SERVICE_ACCOUNT_TOKEN_AUDIENCE", "nodeagent",
+     "the tokens' audience (the chart grants the nodes this audience)"),
+    ("--provider-only", "PROVIDER_ONLY", None,
+     "with --credential-provider: leave node-wide credentials out of config.json (every kubelet must run the "
+     "provider, i.e. have been restarted since it was installed)"),
+)  # fmt: skip
 
 
 def _ports(value: str) -> tuple[int, ...]:
