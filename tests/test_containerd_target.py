@@ -585,3 +585,20 @@ def test_auth_only_on_a_config_without_config_path(node: Path) -> None:
             "configs"
         ]["r.example"]["auth"]
     )
+
+
+def test_namespace_scoped_credentials_never_reach_containerd(node: Path) -> None:
+    """A Secret scoped with nodeagent.io/namespaces serves only the credential provider: neither
+    config.toml auth nor a hosts.toml Basic header gets it (containerd would serve every pod)."""
+    import base64
+    import dataclasses
+
+    scoped = dataclasses.replace(
+        parse_docker_config(docker_config({"basic.example": ("b", "SCOPED-only"), "harbor.example": ("h", "SCOPED-2")}),
+                            source="scoped"), namespaces=("team-a",),
+    )  # fmt: skip
+    sync(HostFS(node), _settings(node, auth=True), [*_sources({"other.example": ("o", "op")}), scoped],
+         registry_settings=_regs(REGS))  # fmt: skip
+    written = b"".join(p.read_bytes() for p in node.rglob("*") if p.is_file())
+    assert b"SCOPED" not in written
+    assert base64.b64encode(b"b:SCOPED-only") not in written
