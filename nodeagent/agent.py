@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nodeagent.book import SourceBook
 from nodeagent.config import SyncSettings
 from nodeagent.containerd_restart import Restarter, find_containerd, restart_pending
 from nodeagent.credentials import EntryProblem, ParseResult, RegistryCredential, safe_key
@@ -32,7 +33,6 @@ from nodeagent.observe.metrics import Metrics
 from nodeagent.observe.posting import Poster
 from nodeagent.reconcile import SyncReport, sync
 from nodeagent.registry_settings import SettingsLoad, load_registry_settings
-from nodeagent.selectors import InvalidSelector, Selector, parse_selector
 from nodeagent.sources import SourceUpdate
 from nodeagent.sources.files import DirectoryWatch, FileWatcher
 from nodeagent.sources.kube import NodeWatcher, SecretWatcher
@@ -92,17 +92,6 @@ class RunSettings:
 
 
 @dataclass
-class _SourceState:
-    spec: SourceSpec
-    reported: bool = False
-    status: str = "unknown"
-    last_good: ParseResult | None = None
-    selector: Selector | None = None
-    error: str | None = None
-    resource_version: str | None = None
-
-
-@dataclass
 class _Status:
     first_sync_done: bool = False
     heartbeat: float = field(default_factory=time.monotonic)
@@ -130,7 +119,7 @@ class Agent:
         self.log = get_logger(node=settings.node_name)
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._states = {spec.label: _SourceState(spec) for spec in settings.sources}
+        self.book = SourceBook([spec.label for spec in settings.sources], on_deleted=settings.on_secret_deleted)
         self._pending_since: float | None = None
         self._drift_pending = False
         self._drift_writes: list[float] = []
@@ -138,7 +127,6 @@ class Agent:
         self._taint_next_try = 0.0
         self._taint_failures = 0
         self._drift_paused_until = 0.0
-        self._node_labels: dict[str, str] | None = None
         self._status = _Status()
         self._watchers: list[Any] = []
         self._background: list[threading.Thread] = []
@@ -164,49 +152,25 @@ class Agent:
 
     # -- callbacks from source threads ---------------------------------------------------------
     def on_update(self, update: SourceUpdate) -> None:
-        state = self._states[update.source]
         log = self.log.bind(source=update.source, resource_version=update.resource_version)
         if update.result is not None:
             self.redactor.add(update.result.secret_values)
-        event: tuple[str, str, bool] | None = None
+        recorded = self.book.record(update)
         with self._lock:
-            state.reported = True
-            state.resource_version = update.resource_version
-            state.error = update.error
-            previous = state.status
-            selector_problem = None
-            try:
-                if update.kind != "unreadable":  # an unreadable source keeps the scoping it had
-                    state.selector = parse_selector(update.node_selector) if update.node_selector else None
-            except InvalidSelector as exc:
-                selector_problem = str(exc)
-            if selector_problem is not None:
-                state.status = "invalid"
-                state.error = f"annotation nodeagent.io/node-selector: {selector_problem}"
-            elif update.kind == "data":
-                state.status, state.last_good = "valid", update.result
-            elif update.kind in ("invalid", "unreadable"):
-                state.status = update.kind
-            elif self.settings.on_secret_deleted == "remove":
-                state.status, state.last_good = update.kind, None
-            else:
-                state.status = update.kind
             if self._pending_since is None:
                 self._pending_since = update.received
-        self.metrics.source_valid.labels(update.source).set(1 if state.status == "valid" else 0)
-        if state.status == "valid":
+        self.metrics.source_valid.labels(update.source).set(1 if recorded.status == "valid" else 0)
+        keeping = "last good content" if recorded.kept_last_good else "node as is"
+        event: tuple[str, str] | None = None
+        if recorded.status == "valid":
             log.info("source_updated", registries=len(update.result.credentials) if update.result else 0)
-        elif state.status == "invalid":
-            log.error(
-                "source_invalid", error=state.error, keeping="last good content" if state.last_good else "node as is"
-            )
-            event = ("SourceInvalid", f"{update.source}: {state.error}; keeping the last good credentials", True)
-        elif state.status == "unreadable":
-            log.error(
-                "source_unreadable", error=state.error, keeping="last good content" if state.last_good else "node as is"
-            )
-            if previous != "unreadable":  # retried every minute or so: one Event per change, not per retry
-                event = ("SourceUnreadable", f"{update.source}: {state.error}; the other sources still apply", True)
+        elif recorded.status == "invalid":
+            log.error("source_invalid", error=recorded.error, keeping=keeping)
+            event = ("SourceInvalid", f"{update.source}: {recorded.error}; keeping the last good credentials")
+        elif recorded.status == "unreadable":
+            log.error("source_unreadable", error=recorded.error, keeping=keeping)
+            if recorded.previous != "unreadable":  # retried every minute or so: one Event per change
+                event = ("SourceUnreadable", f"{update.source}: {recorded.error}; the other sources still apply")
         elif update.kind in ("deleted", "absent"):
             keep = self.settings.on_secret_deleted == "keep"
             log.warning(
@@ -215,15 +179,14 @@ class Agent:
                 policy=self.settings.on_secret_deleted,
                 consequence="credentials kept on the node" if keep else "credentials removed from the node",
             )
-            event = ("SourceDeleted", f"{update.source} not found; credentials {'kept' if keep else 'removed'}", True)
+            event = ("SourceDeleted", f"{update.source} not found; credentials {'kept' if keep else 'removed'}")
         if event is not None:
-            self._emit(event[0], event[1], warning=event[2])
+            self._emit(event[0], event[1], warning=True)
         self._wake.set()
 
     def on_node(self, labels: dict[str, str], uid: str) -> None:
+        changed = self.book.set_node_labels(labels)
         with self._lock:
-            changed = labels != self._node_labels
-            self._node_labels = labels
             if self._events is not None:
                 self._events.node_uid = uid
             if changed and self._pending_since is None:
@@ -300,9 +263,7 @@ class Agent:
         return dead + [t.name for t in self._background if not t.is_alive()]
 
     def ready(self) -> tuple[bool, str]:
-        with self._lock:
-            unreadable = [f"{label} ({s.error})" for label, s in self._states.items() if s.status == "unreadable"]
-            waiting = [label for label, s in self._states.items() if not s.reported]
+        unreadable, waiting = self.book.unreadable(), self.book.waiting()
         if unreadable:
             return False, "unreadable: " + "; ".join(unreadable)
         if not self._status.first_sync_done:
@@ -393,7 +354,7 @@ class Agent:
                 self._wake.clear()
                 if restart_at is not None and self.clock() >= restart_at:
                     self._restart_containerd()
-                if not all(s.reported for s in self._states.values()):
+                if not self.book.all_reported():
                     continue  # start-up: reconcile once from every source's current state
                 if self._guarded_pass():
                     failures, retry_at = 0, None
@@ -498,27 +459,8 @@ class Agent:
         return ParseResult(ECR_SOURCE, tuple(credentials), tuple(rejected))
 
     def _desired(self) -> tuple[list[ParseResult], bool, list[str]]:
-        """The sources that apply to this node, in order, and whether to hold everything."""
-        results: list[ParseResult] = []
-        hold_all = False
-        held_because: list[str] = []
-        with self._lock:
-            labels = self._node_labels
-            for state in self._states.values():
-                if state.selector is not None:
-                    if labels is None:
-                        hold_all = True
-                        held_because.append(f"{state.spec.label}: node labels not known yet")
-                        continue
-                    if not state.selector.matches(labels):
-                        continue
-                if state.last_good is not None:
-                    results.append(state.last_good)
-                elif state.status in ("invalid", "unreadable") or (
-                    state.status in ("deleted", "absent") and self.settings.on_secret_deleted == "keep"
-                ):
-                    hold_all = True
-                    held_because.append(f"{state.spec.label}: {state.status} with no last good content")
+        """The sources that apply to this node, in order (ECR tokens last), and whether to hold everything."""
+        results, hold_all, held_because = self.book.desired()
         ecr = self._ecr_source()
         if ecr is not None:
             results.append(ecr)
@@ -587,9 +529,8 @@ class Agent:
         with backoff on failure, at most once every 5 s; nothing when the Node has none)."""
         if self._taint_done or not self._status.first_sync_done or self.clock() < self._taint_next_try:
             return
-        with self._lock:
-            if any(s.status in ("unreadable", "unknown") for s in self._states.values()):
-                return  # a source not read yet: the node may still lack credentials
+        if not self.book.fully_read():
+            return  # a source not read yet: the node may still lack credentials
         if self.api is None or not self.settings.node_name:
             self.log.warning("startup_taint_skipped", reason="no API access or node name")
             self._taint_done = True
@@ -685,7 +626,7 @@ class Agent:
             rejected=len(report.rejected),
             holding=held_because,
             latency_ms=None if latency is None else round(latency * 1000, 2),
-            sources={label: s.resource_version for label, s in self._states.items()},
+            sources=self.book.resource_versions(),
         )
         if report.written or report.removed:
             self._emit("CredentialsSynced", f"{report.registries} registries, revision {report.revision}")

@@ -18,6 +18,7 @@ PURE = [
     "credentials.py",
     "ledger.py",
     "selectors.py",
+    "book.py",
     "targets/kubelet.py",
     "targets/provider.py",
     "targets/containerd.py",
