@@ -616,6 +616,11 @@ class Agent:
             self.log.warning(
                 "registry_conflict", registry=safe_key(problem.key), source=problem.source, reason=problem.reason
             )
+        if report.written or report.removed or latency is not None:  # on changes, not on every resync
+            for problem in report.warnings:
+                self.log.warning(
+                    "entry_warning", registry=safe_key(problem.key), source=problem.source, reason=problem.reason
+                )
         changed = bool(report.written or report.removed or report.rejected)
         (self.log.info if changed or latency is not None else self.log.debug)(
             "sync_done",

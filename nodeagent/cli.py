@@ -548,7 +548,7 @@ def _cmd_wait_cleanup(args: argparse.Namespace, log: Any, *, api: KubeAPI | None
         if (ready, desired) != seen:
             seen = (ready, desired)
             log.info("waiting_for_cleanup", nodes_clean=ready, nodes=desired)
-        if observed and desired > 0 and ready >= desired:
+        if observed and ready >= desired:  # (no node to clean at all: nothing to wait for)
             log.info("nodes_cleaned", nodes=ready)
             api.delete_daemonset(args.namespace, args.daemonset)
             return EXIT_OK

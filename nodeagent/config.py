@@ -91,7 +91,7 @@ class ProviderSettings:
             raise SettingsError("--service-account-token-audience: give a plain audience such as 'nodeagent'")
         if not self.credentials and (self.audience or not self.config_json or self.ports):
             raise SettingsError(
-                "--service-account-tokens, --credential-provider-ports and --no-config-json need --credential-provider"
+                "--service-account-tokens, --credential-provider-ports and --provider-only need --credential-provider"
             )
 
     @property

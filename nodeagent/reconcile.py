@@ -125,6 +125,12 @@ def compute_revision(credentials: Sequence[RegistryCredential]) -> str:
     return hashlib.sha256(b"nodeagent/revision/v1\0" + canonical.encode()).hexdigest()[:16]
 
 
+def _revision(merged: MergeResult, with_scoped: bool) -> str:
+    """The revision of what this pass applies: scoped credentials count when the provider serves them."""
+    scoped = [s.credential for s in merged.scoped] if with_scoped else []
+    return compute_revision([*merged.credentials, *scoped])
+
+
 _SECRET_NAMES = SECRET_FIELDS | {"authorization"}
 _HEADER_TABLES = frozenset({"httpheaders", "header", "headers"})
 """Tables whose every value is secret: config.json's ``HttpHeaders``, hosts.toml's ``header``."""
@@ -254,7 +260,8 @@ def _plan(
         path=path,
         held=held,
     )
-    new_ledger = Ledger(files=dict(ledger.files), revision=compute_revision(merged.credentials))
+    serving_scoped = settings.provider is not None and settings.provider.credentials
+    new_ledger = Ledger(files=dict(ledger.files), revision=_revision(merged, serving_scoped))
     changes = [FileChange(path, current, render.content)]
     _record(new_ledger, path, render.record)
     changes += _plan_provider(hostfs, settings, ledger, new_ledger, uninstall, merged, held, hold_all)
@@ -499,11 +506,21 @@ def sync(
     while some source's state is unknown or unusable, so nothing is removed on partial knowledge.
     """
     merged = merge_credentials(sources)
+    serving_scoped = settings.provider is not None and settings.provider.credentials
+    unserved = tuple(
+        EntryProblem(
+            s.credential.key, s.credential.registry,
+            "scoped to namespaces (nodeagent.io/namespaces): only nodeagent-credential-provider serves it, and it "
+            "is not enabled (--credential-provider); nothing was written for it", s.credential.source,
+        )
+        for s in merged.scoped
+        if not serving_scoped
+    )  # fmt: skip
     report = SyncReport(
         registries=len(merged.credentials),
-        revision=compute_revision(merged.credentials),
+        revision=_revision(merged, serving_scoped),
         rejected=merged.rejected + (registry_settings.rejected if registry_settings else ()),
-        warnings=merged.warnings + (registry_settings.warnings if registry_settings else ()),
+        warnings=merged.warnings + unserved + (registry_settings.warnings if registry_settings else ()),
         conflicts=merged.conflicts,
         dry_run=settings.dry_run,
     )

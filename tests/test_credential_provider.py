@@ -288,3 +288,15 @@ def test_a_new_port_says_the_kubelet_needs_a_restart(tmp_path: Path) -> None:
         restart_needed(_source({"r.example.com": "rotated"})),
         restart_needed(_source({"r.example.com": "rotated", "s.example.com:5443": "b"})),
     )
+
+
+def test_a_scoped_secret_without_the_provider_is_a_warning(tmp_path: Path) -> None:
+    """Without --credential-provider a namespace-scoped Secret goes nowhere: the pass says so (a
+    warning naming the registry), and config.json still never gets it."""
+    root = tmp_path / "host"
+    (root / "var/lib/kubelet").mkdir(parents=True)
+    report = sync(
+        HostFS(root), SyncSettings(host_root=str(root)), [_scoped({"team.example.com": "SCOPED-x"}, "team-a")]
+    )
+    assert ["team.example.com"] == [w.registry for w in report.warnings]
+    assert not (root / "var/lib/kubelet/config.json").exists()
