@@ -21,6 +21,7 @@ from nodeagent.book import SourceBook
 from nodeagent.config import SyncSettings
 from nodeagent.containerd_restart import Restarter, find_containerd, restart_pending
 from nodeagent.credentials import EntryProblem, ParseResult, RegistryCredential, safe_key
+from nodeagent.drift import DriftGuard
 from nodeagent.ecr.plugin import parse_ecr_host
 from nodeagent.ecr.tokens import EcrSocketServer, StaticKeys, TokenManager
 from nodeagent.errors import NodeagentError, SettingsError
@@ -122,11 +123,10 @@ class Agent:
         self.book = SourceBook([spec.label for spec in settings.sources], on_deleted=settings.on_secret_deleted)
         self._pending_since: float | None = None
         self._drift_pending = False
-        self._drift_writes: list[float] = []
+        self.drift = DriftGuard(limit=settings.drift_limit, backoff=settings.drift_backoff)
         self._taint_done = not settings.startup_taint
         self._taint_next_try = 0.0
         self._taint_failures = 0
-        self._drift_paused_until = 0.0
         self._status = _Status()
         self._watchers: list[Any] = []
         self._background: list[threading.Thread] = []
@@ -203,7 +203,7 @@ class Agent:
         return st.st_ino, st.st_mtime_ns, st.st_size
 
     def _on_drift(self, received: float) -> None:
-        if self.clock() < self._drift_paused_until:
+        if self.drift.paused(self.clock()):
             return
         if self._target_stat() == self.hostfs.written.get(self.settings.sync.kubelet_config):
             return  # the event was the agent's own rename (its file, untouched since)
@@ -591,11 +591,8 @@ class Agent:
 
     def _drift_repaired(self, now: float) -> None:
         self.metrics.drift_repairs.inc()
-        self._drift_writes = [t for t in self._drift_writes if now - t < 60] + [now]
         self.log.warning("drift_repaired", path=self.settings.sync.kubelet_config)
-        if len(self._drift_writes) > self.settings.drift_limit:
-            self._drift_paused_until = now + self.settings.drift_backoff
-            self._drift_writes.clear()
+        if self.drift.repaired(now):
             message = (
                 f"{self.settings.sync.kubelet_config} was rewritten by another writer more than "
                 f"{self.settings.drift_limit} times in a minute; pausing drift repair for "

@@ -19,6 +19,7 @@ PURE = [
     "ledger.py",
     "selectors.py",
     "book.py",
+    "drift.py",
     "targets/kubelet.py",
     "targets/provider.py",
     "targets/containerd.py",
