@@ -678,10 +678,19 @@ def test_probe_asks_every_registry_at_once(tls: tuple[Path, Path, Path]) -> None
     assert ["anonymous-ok"] * 3 == [r["result"] for r in results]
 
 
-def test_probe_names_what_failed(tls: tuple[Path, Path, Path]) -> None:
+def test_probe_names_what_failed(tls: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """DNS, a refused port, a timeout and a 403 each get their own result and fix."""
     from nodeagent.doctor import probe
     from nodeagent.probe import FIXES
+
+    real_getaddrinfo = socket.getaddrinfo
+
+    def resolver(host: Any, *args: Any, **kwargs: Any) -> Any:  # the machine's DNS kept out of the test
+        if host == "registry.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
 
     class Forbidding(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -699,7 +708,7 @@ def test_probe_names_what_failed(tls: tuple[Path, Path, Path]) -> None:
     silent.listen(8)  # accepts (the kernel does) and never answers
     try:
         entries = {
-            "registry.invalid": {"auth": b64("u:p")},  # .invalid never resolves (RFC 6761)
+            "registry.invalid": {"auth": b64("u:p")},
             "127.0.0.1:1": {"auth": b64("u:p")},
             f"127.0.0.1:{silent.getsockname()[1]}": {"auth": b64("u:p")},
             f"127.0.0.1:{forbidding.server_address[1]}": {"auth": b64("u:SENTINEL-probe")},
