@@ -146,6 +146,7 @@ def test_an_unreadable_secret_does_not_block_the_others(kube: FakeKube, start_ag
     status, body = agent.http("/readyz")
     assert (503, True) == (status, f"secret:{NS}/other" in body and "403" in body)
     wait_for(lambda: len(agent.events("source_unreadable")) >= 2, "retried")
+    wait_for(lambda: "SourceUnreadable" in [e["reason"] for e in kube.events], "the Event (sent by the poster)")
     assert 1 == [e["reason"] for e in kube.events].count("SourceUnreadable")
     kube.forbidden_secrets.clear()
     wait_for(lambda: agent.passwords() == {"r.example.com": PW1, "o.example.com": PW2}, "the other once readable")
