@@ -281,7 +281,8 @@ def parse_namespaces(value: Any) -> tuple[str, ...]:
 def parse_secret(secret: Mapping[str, Any], *, source: str) -> ParseResult:
     """Parse a Secret object (``type`` and base64 ``data``) of a docker config type; a Secret
     annotated ``nodeagent.io/namespaces`` yields credentials scoped to those namespaces."""
-    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    metadata = secret.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
     namespaces = None
     if isinstance(annotations, Mapping) and NAMESPACES_ANNOTATION in annotations:
         try:

@@ -260,8 +260,7 @@ def _plan(
         path=path,
         held=held,
     )
-    serving_scoped = settings.provider is not None and settings.provider.credentials
-    new_ledger = Ledger(files=dict(ledger.files), revision=_revision(merged, serving_scoped))
+    new_ledger = Ledger(files=dict(ledger.files), revision=report.revision)
     changes = [FileChange(path, current, render.content)]
     _record(new_ledger, path, render.record)
     changes += _plan_provider(hostfs, settings, ledger, new_ledger, uninstall, merged, held, hold_all)
