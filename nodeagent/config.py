@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Literal
 
 from nodeagent.errors import SettingsError
 
@@ -21,6 +22,8 @@ __all__ = [
     "PROVIDER_PRESETS",
     "ContainerdSettings",
     "ProviderSettings",
+    "RunSettings",
+    "SourceSpec",
     "SyncSettings",
     "default_host_root",
 ]
@@ -205,3 +208,47 @@ class SyncSettings:
     def containerd_backup(self) -> str:
         """Where the original containerd config is kept before the agent's first in-place edit."""
         return str(PurePosixPath(self.state_dir) / "containerd-config.toml.orig")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: Literal["secret", "file"]
+    ref: str  # "namespace/name" or a path
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of ``nodeagent run`` (the shared host settings live in ``sync``)."""
+
+    sync: SyncSettings
+    sources: tuple[SourceSpec, ...]
+    node_name: str | None = None
+    kubeconfig: str | None = None
+    listen_host: str = "0.0.0.0"  # noqa: S104 - the kubelet's probes and Prometheus reach the pod IP
+    listen_port: int = 9808
+    on_secret_deleted: Literal["keep", "remove"] = "keep"
+    """Keep by default: one accidental ``kubectl delete secret`` must not break pulls on every node."""
+    resync_interval: float = 600.0
+    """A full pass every 10 min catches anything the watches missed, at negligible cost."""
+    events: bool = True
+    annotations: bool = True
+    event_namespace: str = "default"
+    """Events about cluster-scoped Nodes live in ``default``, where ``kubectl describe node`` finds them."""
+    drift_limit: int = 5
+    """More external rewrites than this per minute is a fight with another writer: back off."""
+    drift_backoff: float = 300.0
+    forbidden_retry: float = 60.0
+    """401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
+    startup_taint: bool = False
+    """Remove ``nodeagent.io/agent-not-ready`` from the Node once every source is read and applied,
+    so that pods scheduled to a fresh node never race its first sync (``--remove-startup-taint``)."""
+    ecr: bool = False
+    """Serve ECR tokens to the credential-provider plugin (installed per ``sync.provider``)."""
+    ecr_regions: tuple[str, ...] = ()
+    ecr_registries: tuple[str, ...] = ()
+    """ECR hosts whose tokens also go into config.json, for kubelets not wired to plugins."""
+    ecr_credentials_secret: str | None = None

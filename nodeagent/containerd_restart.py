@@ -25,7 +25,7 @@ from typing import Any
 from nodeagent.config import ContainerdSettings
 from nodeagent.errors import NodeagentError
 
-__all__ = ["ContainerdProcess", "RestartError", "Restarter", "find_containerd", "restart_pending"]
+__all__ = ["ContainerdProcess", "ContainerdRestarts", "RestartError", "Restarter", "find_containerd", "restart_pending"]
 
 
 class RestartError(NodeagentError):
@@ -134,6 +134,10 @@ class Restarter:
             return None
         return self._clock() if self.last is None else self.last + self.settings.restart_interval
 
+    def due_now(self) -> bool:
+        due = self.due_at()
+        return due is not None and self._clock() >= due
+
     def maybe_restart(self) -> str | None:
         """Run a pending restart if allowed now: "restarted", "pending" (policy none),
         "deferred" (within the interval), or None when nothing is pending."""
@@ -168,3 +172,75 @@ class Restarter:
         if result.returncode != 0:
             detail = (result.stderr or b"").decode("utf-8", "replace").strip()[:300]
             raise RestartError(f"systemctl restart containerd exited {result.returncode}: {detail}")
+
+
+class ContainerdRestarts:
+    """The agent's side of the policy: request a restart when a pass changed config.toml
+    credentials, run it when due, notice one done by someone else, and report each outcome."""
+
+    def __init__(
+        self,
+        restarter: Restarter,
+        *,
+        real_path: Callable[[str], str],
+        metrics: Any,
+        log: Any,
+        emit: Callable[..., None],
+        find: Callable[[str], ContainerdProcess | None] = find_containerd,
+    ) -> None:
+        self.restarter, self.real_path, self.metrics, self.log, self.emit = restarter, real_path, metrics, log, emit
+        self._find = find
+
+    def due_at(self) -> float | None:
+        return self.restarter.due_at()
+
+    def run_due(self) -> None:
+        if self.restarter.due_now():
+            self.restart()
+
+    def after_pass(self, auth_changed: bool, auth_files: list[str]) -> None:
+        if auth_changed:
+            self.restarter.request()
+            self.restart()
+        elif self.restarter.pending and self.restarter.settings.restart == "none":
+            self._notice_outside_restart(auth_files)
+
+    def _notice_outside_restart(self, auth_files: list[str]) -> None:
+        """With policy none, someone else restarts containerd: once the running containerd is
+        newer than the files holding the agent's credentials, nothing is pending any more."""
+        mtimes = []
+        for path in auth_files:
+            try:
+                mtimes.append(os.stat(self.real_path(path)).st_mtime)
+            except OSError:
+                continue
+        process = self._find(self.restarter.settings.config)
+        if mtimes and restart_pending(max(mtimes), process) is False:
+            self.restarter.pending = False
+            self.metrics.containerd_restart_pending.set(0)
+            self.log.info("containerd_restart_observed", why="containerd started after its credentials changed")
+
+    def restart(self) -> None:
+        """Apply the restart policy to a pending config.toml credential change."""
+        settings = self.restarter.settings
+        try:
+            outcome = self.restarter.maybe_restart()
+        except NodeagentError as exc:
+            self.metrics.containerd_restart_pending.set(1)
+            self.metrics.containerd_restarts.labels("failure").inc()
+            self.log.error("containerd_restart_failed", error=str(exc), policy=settings.restart)
+            self.emit("ContainerdRestartFailed", str(exc), warning=True)
+            return
+        self.metrics.containerd_restart_pending.set(1 if self.restarter.pending else 0)
+        if outcome == "restarted":
+            self.metrics.containerd_restarts.labels("success").inc()
+            self.log.warning("containerd_restarted", policy=settings.restart)
+            self.emit("ContainerdRestarted", "containerd restarted to apply config.toml credentials")
+        elif outcome == "pending":
+            self.log.warning(
+                "containerd_restart_pending",
+                config=settings.config,
+                why="containerd reads config.toml credentials only at start (--containerd-restart none)",
+            )
+        elif outcome == "deferred":
+            self.log.info("containerd_restart_deferred", interval=settings.restart_interval)

@@ -21,6 +21,7 @@ to the ``hosts.toml`` that uses them, so containerd never depends on the agent's
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -267,3 +268,35 @@ def load_registry_settings(path: str, *, read_file: Callable[[str], bytes] = _re
     except OSError as exc:
         raise SettingsError(f"--registry-config {path}: cannot read: {exc.strerror or exc}") from None
     return parse_registry_settings(data, source=path, read_file=read_file)
+
+
+class SettingsFile:
+    """``--registry-config`` as the agent holds it: loaded at start (a bad file fails the start),
+    re-read when its content changes (a ConfigMap update), the last good version kept when a new
+    one is bad."""
+
+    def __init__(self, path: str, *, stat: Callable[[str], Any] | None = None) -> None:
+        self.path = path
+        self._stat = stat or os.stat  # follows a ConfigMap volume's ..data symlink: the content's identity
+        self._stamp = self._identity()
+        self.current = load_registry_settings(path)
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        try:
+            st = self._stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def reload(self) -> tuple[bool, SettingsError | None]:
+        """Re-read the file if it changed: whether it did, and the error of a bad new version
+        (the last good settings stay)."""
+        stamp = self._identity()
+        if stamp == self._stamp:
+            return False, None
+        self._stamp = stamp
+        try:
+            self.current = load_registry_settings(self.path)
+        except SettingsError as exc:
+            return True, exc
+        return True, None

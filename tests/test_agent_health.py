@@ -27,7 +27,7 @@ def test_a_dead_watcher_fails_liveness(host_root: Path) -> None:
     """A watcher thread that has ended makes /healthz fail and is named; a running one does not."""
     now = [1000.0]
     agent = _agent(host_root, now)
-    agent._status.heartbeat = now[0]
+    agent.status.health.heartbeat = now[0]
     agent._watchers = [_Thread("secret:ns/name", alive=True)]
     assert (True, []) == (agent.alive(), agent.dead_watchers())
     agent._watchers.append(_Thread("node:n1", alive=False))
@@ -38,7 +38,7 @@ def test_a_stalled_loop_fails_liveness(host_root: Path) -> None:
     """No heartbeat for 60 s fails liveness, with every watcher running."""
     now = [1000.0]
     agent = _agent(host_root, now)
-    agent._status.heartbeat = now[0]
+    agent.status.health.heartbeat = now[0]
     now[0] += 61
     assert agent.alive() is False
 
@@ -47,9 +47,9 @@ def test_a_dead_token_refresher_fails_liveness(host_root: Path) -> None:
     """The ECR token refresher ending (ECR tokens would silently expire) fails liveness too."""
     now = [1000.0]
     agent = _agent(host_root, now)
-    agent._status.heartbeat = now[0]
+    agent.status.health.heartbeat = now[0]
     finished = threading.Thread(target=lambda: None, name="ecr-tokens")
     finished.start()
     finished.join()
-    agent._background.append(finished)
+    agent.ecr.refresher = finished
     assert (False, ["ecr-tokens"]) == (agent.alive(), agent.dead_watchers())

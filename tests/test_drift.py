@@ -3,7 +3,7 @@ pauses repair for the backoff, and it resumes after."""
 
 from __future__ import annotations
 
-from nodeagent.drift import DriftGuard
+from nodeagent.agent.drift import DriftGuard
 
 
 def test_repairs_under_the_limit_never_pause() -> None:
