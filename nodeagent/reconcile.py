@@ -32,27 +32,14 @@ from nodeagent.credentials import (
 )
 from nodeagent.decoding import DecodeError, loads_json, loads_yaml, parse_toml_document
 from nodeagent.ecr.plugin import CACHE_FILE as ECR_CACHE_FILE
-from nodeagent.errors import HostFSError, InputError
+from nodeagent.errors import HostFSError, InputError, TargetError
 from nodeagent.hostfs import HostFS
 from nodeagent.ledger import FileRecord, Ledger
 from nodeagent.registry_settings import SettingsLoad
-from nodeagent.targets.containerd import CONFIG_TARGET as CONTAINERD_CONFIG_TARGET
-from nodeagent.targets.containerd import HOSTS_TARGET as CONTAINERD_HOSTS_TARGET
-from nodeagent.targets.containerd import plan_containerd
-from nodeagent.targets.kubelet import render_kubelet_config
-from nodeagent.targets.provider import (
-    CONFIG_TARGET,
-    CREDENTIALS_TARGET,
-    PLUGIN_TARGET,
-    PROVIDER_CONFIG_FILE,
-    ProviderRender,
-    ecr_entry,
-    registry_ports,
-    render_credentials_file,
-    render_plugin,
-    render_provider_config,
-    static_entry,
-)
+from nodeagent.targets import Desired, FileChange, HostView, Plan, Target
+from nodeagent.targets.containerd import ContainerdTarget
+from nodeagent.targets.kubelet import KubeletTarget
+from nodeagent.targets.provider import ProviderTarget
 
 __all__ = [
     "FileChange",
@@ -63,20 +50,6 @@ __all__ = [
     "redact_document",
     "sync",
 ]
-
-
-@dataclass(frozen=True)
-class FileChange:
-    """One host file's planned change; ``new`` is None when the file is to be removed."""
-
-    path: str
-    old: bytes | None
-    new: bytes | None
-    mode: int = 0o600
-
-    @property
-    def changed(self) -> bool:
-        return self.old != self.new
 
 
 @dataclass
@@ -235,200 +208,47 @@ def diff_changes(changes: Sequence[FileChange]) -> str:
     return "".join(parts)
 
 
-def _plan(
-    hostfs: HostFS,
-    settings: SyncSettings,
-    ledger: Ledger,
-    merged: MergeResult,
-    hold_all: bool,
-    uninstall: bool,
-    registry_settings: SettingsLoad | None,
-    report: SyncReport,
-) -> tuple[list[FileChange], Ledger]:
-    path = settings.kubelet_config
-    current = hostfs.read(path)
-    record = ledger.files.get(path)
-    held = set(merged.held_registries)
-    if hold_all and record is not None:
-        held.update(record.owned.values())
+def targets(settings: SyncSettings) -> list[Target]:
+    """The targets of a pass, in the order their files are written."""
     provider = settings.provider
     node_wide = not (provider is not None and provider.credentials and not provider.config_json)
-    render = render_kubelet_config(
-        desired=merged.credentials if node_wide else (),
-        current=current,
-        record=record,
-        path=path,
-        held=held,
-    )
+    return [
+        KubeletTarget(settings.kubelet_config, node_wide=node_wide),
+        ProviderTarget(provider, backup_path=settings.provider_backup),
+        ContainerdTarget(settings.containerd, backup_path=settings.containerd_backup),
+    ]
+
+
+def _plan(
+    host: HostView, settings: SyncSettings, ledger: Ledger, desired: Desired, report: SyncReport
+) -> tuple[list[tuple[Target, Plan]], Ledger]:
+    """Every target's plan, and the ledger they leave. The failure policy: an isolated target's
+    failure is a conflict (its records stay as they were); any other target's fails the pass."""
+    plans: list[tuple[Target, Plan]] = []
     new_ledger = Ledger(files=dict(ledger.files), revision=report.revision)
-    changes = [FileChange(path, current, render.content)]
-    _record(new_ledger, path, render.record)
-    changes += _plan_provider(hostfs, settings, ledger, new_ledger, uninstall, merged, held, hold_all)
-    report.provider_configs = [p for p, r in new_ledger.files.items() if r.target == CONFIG_TARGET]
-    changes += _plan_containerd(
-        hostfs,
-        settings,
-        ledger,
-        new_ledger,
-        merged,
-        registry_settings,
-        uninstall=uninstall,
-        hold_all=hold_all,
-        report=report,
-    )
-    return changes, new_ledger
-
-
-def _record(ledger: Ledger, path: str, record: FileRecord) -> None:
-    if record.owned or record.originals:
-        ledger.files[path] = record
-    else:
-        ledger.files.pop(path, None)
-
-
-def _plan_provider(
-    hostfs: HostFS,
-    settings: SyncSettings,
-    ledger: Ledger,
-    new_ledger: Ledger,
-    uninstall: bool,
-    merged: MergeResult,
-    held: set[str],
-    hold_all: bool,
-) -> list[FileChange]:
-    """The credential-provider plugins, config and credentials file: installed when configured;
-    removed only by ``uninstall`` (cleanup), so a plain ``sync`` never takes away what
-    ``--ecr`` or ``--credential-provider`` installed. ``hold_all`` (install-provider, which has
-    no sources) keeps a credentials file that is already there."""
-    changes: list[FileChange] = []
-    active: dict[str, str] = {}
-    entries: list[dict[str, Any]] = []
-    provider = settings.provider
-    if provider is not None:
-        config_path = provider.config_path
-        # A path without a .json/.yaml/.yml name is a config directory (kubelet >= 1.34), also on a
-        # fresh node where it does not exist yet: the agent's own file goes inside (the chart's rule too).
-        if hostfs.is_dir(config_path) or not config_path.endswith((".json", ".yaml", ".yml")):
-            config_path = config_path.rstrip("/") + "/" + PROVIDER_CONFIG_FILE
-        if provider.ecr:
-            active[provider.plugin_path] = PLUGIN_TARGET
-            entries.append(ecr_entry(provider.plugin_args))
-        if provider.credentials:
-            active[provider.static_plugin_path] = PLUGIN_TARGET
-            active[provider.credentials_file] = CREDENTIALS_TARGET
-            ports = {*provider.ports, *registry_ports(merged)}
-            entries.append(
-                static_entry(credentials_file=provider.credentials_file, ports=ports, audience=provider.audience)
-            )
-        active[config_path] = CONFIG_TARGET
-    stale = {
-        p: r.target
-        for p, r in ledger.files.items()
-        if uninstall and r.target in (PLUGIN_TARGET, CONFIG_TARGET, CREDENTIALS_TARGET) and p not in active
-    }
-    for path, target in {**active, **stale}.items():
-        installing = path in active
-        current = hostfs.read(path)
-        record = ledger.files.get(path)
-        if target == PLUGIN_TARGET:
-            render = render_plugin(install=installing, current=current, record=record, path=path)
-            mode = 0o755
-        elif target == CREDENTIALS_TARGET:
-            content = None
-            if installing and hold_all and current is not None:
-                content = current  # install-provider: the running agent's file stays as it is
-            elif installing:
-                content = render_credentials_file(
-                    credentials=merged.credentials, scoped=merged.scoped, current=current, held=held
-                )
-            created = record.created if record is not None else current is None
-            owned = {"credentials": "file"} if installing else {}
-            render = ProviderRender(content, FileRecord(CREDENTIALS_TARGET, created, owned))
-            mode = 0o600
-        else:
-            render = render_provider_config(
-                entries=entries if installing else None, current=current, record=record, path=path
-            )
-            # Keep the mode the node gave its file (a 0600 config may hold env secrets).
-            mode = hostfs.mode(path) or 0o644
-            backup_changes, content = _provider_backup(hostfs, settings, record, render, current)
-            changes += backup_changes
-            render = dataclasses.replace(render, content=content)
-        _record(new_ledger, path, render.record)
-        changes.append(FileChange(path, current, render.content, mode))
-    return changes
-
-
-def _digest(content: bytes | None) -> str:
-    return hashlib.sha256(content).hexdigest() if content is not None else ""
-
-
-def _provider_backup(
-    hostfs: HostFS, settings: SyncSettings, record: FileRecord | None, render: Any, current: bytes | None
-) -> tuple[list[FileChange], bytes | None]:
-    """A node's own provider config is copied before the agent's first edit and put back byte for
-    byte when the agent lets go, if nobody changed the file since (else only the entry goes)."""
-    backup = settings.provider_backup
-    if current is not None and record is None and render.content != current and not render.record.created:
-        render.record.backup, render.record.digest = backup, _digest(render.content)
-        return [FileChange(backup, hostfs.read(backup), current, 0o600)], render.content
-    if record is None or not record.backup:
-        return [], render.content
-    if render.record.owned:  # still installed: carry the backup on (not read on every pass)
-        render.record.backup, render.record.digest = record.backup, _digest(render.content)
-        return [], render.content
-    saved = hostfs.read(record.backup)
-    content = render.content
-    if saved is not None and _digest(current) == record.digest:
-        content = saved  # nobody touched it since: restore the node's bytes exactly
-    return [FileChange(record.backup, saved, None, 0o600)], content
-
-
-def _plan_containerd(
-    hostfs: HostFS,
-    settings: SyncSettings,
-    ledger: Ledger,
-    new_ledger: Ledger,
-    merged: MergeResult,
-    registry_settings: SettingsLoad | None,
-    *,
-    uninstall: bool,
-    hold_all: bool,
-    report: SyncReport,
-) -> list[FileChange]:
-    """containerd's hosts.toml files and config.toml credentials (targets/containerd.py plans;
-    this reads what it needs from the host and records ownership)."""
-    containerd = None if uninstall else settings.containerd
-    if containerd is None and not uninstall:
-        return []  # containerd is not managed: its files (and the ledger's records of them) stay
-    try:
-        plan = plan_containerd(
-            read=hostfs.read,
-            is_dir=hostfs.is_dir,
-            mode_of=hostfs.mode,
-            settings=containerd,
-            credentials=merged.credentials,
-            registries=registry_settings.registries if registry_settings is not None else {},
-            ledger=ledger,
-            backup_path=settings.containerd_backup,
-            held=merged.held_registries,
-            hold_all=hold_all,
-        )
-    except HostFSError as exc:
-        # One containerd quirk (a symlinked config.toml, a path the writer refuses) leaves containerd
-        # as it is and its ledger records unchanged; the kubelet's files still apply.
-        report.conflicts += (EntryProblem(key="*", registry=None, reason=exc.reason, source=exc.path),)
-        return []
-    for path in plan.forget:
-        new_ledger.files.pop(path, None)
-    for path, record in plan.records.items():
-        new_ledger.files[path] = record
-    report.conflicts += tuple(plan.conflicts)
-    report.warnings += tuple(plan.warnings)
-    report.prune_dirs.extend(plan.prune_dirs)
-    report.containerd_auth_changed = plan.auth_changed
-    report.containerd_auth_files = [p for p, r in plan.records.items() if r.target == CONTAINERD_CONFIG_TARGET]
-    return [FileChange(c.path, c.old, c.new, c.mode) for c in plan.changes]
+    for target in targets(settings):
+        records = {p: r for p, r in ledger.files.items() if r.target in target.kinds}
+        try:
+            plan = target.plan(host, desired, records)
+        except (HostFSError, TargetError) as exc:
+            if not target.isolated:
+                raise
+            report.conflicts += (EntryProblem(key="*", registry=None, reason=exc.reason, source=exc.path),)
+            continue
+        for path in plan.forget:
+            new_ledger.files.pop(path, None)
+        new_ledger.files.update(plan.records)
+        report.conflicts += tuple(plan.conflicts)
+        report.warnings += tuple(plan.warnings)
+        report.prune_dirs.extend(plan.prune_dirs)
+        report.changes.extend(plan.changes)
+        if target.name == "provider":
+            report.provider_configs = plan.read_at_start
+        elif target.name == "containerd":
+            report.containerd_auth_changed = plan.restart
+            report.containerd_auth_files = plan.read_at_start
+        plans.append((target, plan))
+    return plans, new_ledger
 
 
 def _intent(old: Ledger, new: Ledger) -> Ledger:
@@ -451,36 +271,33 @@ def _apply(
     ledger_bytes: bytes | None,
     ledger: Ledger,
     new_ledger: Ledger,
-    changes: Sequence[FileChange],
+    plans: Sequence[tuple[Target, Plan]],
     report: SyncReport,
 ) -> None:
-    containerd_targets = (CONTAINERD_CONFIG_TARGET, CONTAINERD_HOSTS_TARGET)
-    containerd_paths = {
-        p for p, r in {**ledger.files, **new_ledger.files}.items() if r.target in containerd_targets
-    } | {settings.containerd_backup}
     new_bytes = new_ledger.dump() if new_ledger.files else None
-    if not any(c.changed for c in changes) and new_bytes == ledger_bytes:
+    if not any(c.changed for c in report.changes) and new_bytes == ledger_bytes:
         return
     hostfs.ensure_dir(settings.state_dir, mode=0o700, private=True)
-    if any(c.changed for c in changes):
+    if any(c.changed for c in report.changes):
         hostfs.write(settings.ledger_path, _intent(ledger, new_ledger).dump())
-    for change in changes:
-        if not change.changed:
-            continue
-        try:
-            if change.new is None:
-                if hostfs.remove(change.path):
-                    report.removed.append(change.path)
-            else:
-                hostfs.ensure_dir(change.path.rsplit("/", 1)[0] or "/")
-                if hostfs.write(change.path, change.new, mode=change.mode):
-                    report.written.append(change.path)
-        except HostFSError as exc:
-            if change.path not in containerd_paths:
-                raise
-            # containerd's files are reported and left; the kubelet's and the ledger still apply
-            # (the next pass retries: the ledger records what the agent meant to own).
-            report.conflicts += (EntryProblem(key="*", registry=None, reason=exc.reason, source=exc.path),)
+    for target, plan in plans:
+        for change in plan.changes:
+            if not change.changed:
+                continue
+            try:
+                if change.new is None:
+                    if hostfs.remove(change.path):
+                        report.removed.append(change.path)
+                else:
+                    hostfs.ensure_dir(change.path.rsplit("/", 1)[0] or "/")
+                    if hostfs.write(change.path, change.new, mode=change.mode):
+                        report.written.append(change.path)
+            except HostFSError as exc:
+                if not target.isolated:
+                    raise
+                # An isolated target's files are reported and left; the others and the ledger still
+                # apply (the next pass retries: the ledger records what the agent meant to own).
+                report.conflicts += (EntryProblem(key="*", registry=None, reason=exc.reason, source=exc.path),)
     for directory in sorted(set(report.prune_dirs), key=lambda d: -d.count("/")):  # deepest first
         if hostfs.remove_empty_dir(directory):
             report.removed.append(directory + "/")
@@ -530,11 +347,16 @@ def sync(
     with lock:
         ledger_bytes = hostfs.read(settings.ledger_path)
         ledger = Ledger.load(ledger_bytes, source=settings.ledger_path)
-        report.changes, new_ledger = _plan(
-            hostfs, settings, ledger, merged, hold_all, uninstall, registry_settings, report
+        desired = Desired(
+            merged=merged,
+            held=frozenset(merged.held_registries),
+            hold_all=hold_all,
+            uninstall=uninstall,
+            registries=registry_settings.registries if registry_settings is not None else {},
         )
+        plans, new_ledger = _plan(hostfs, settings, ledger, desired, report)
         if not settings.dry_run:
-            _apply(hostfs, settings, ledger_bytes, ledger, new_ledger, report.changes, report)
+            _apply(hostfs, settings, ledger_bytes, ledger, new_ledger, plans, report)
     return report
 
 

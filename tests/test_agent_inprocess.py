@@ -105,7 +105,8 @@ def test_the_path_of_a_change_crosses_five_files(
 ) -> None:
     """The files on the stack where the change is handed on: into the agent (from the watch),
     into the kubelet target's renderer, into the host writer."""
-    from nodeagent import hostfs, reconcile
+    from nodeagent import hostfs
+    from nodeagent.targets import kubelet
 
     agent, api = running
     config = host_root / "var/lib/kubelet/config.json"
@@ -118,7 +119,7 @@ def test_the_path_of_a_change_crosses_five_files(
             str(Path(f.filename).resolve().relative_to(PACKAGE)) for f in frames if f.filename.startswith(str(PACKAGE))
         ]
 
-    on_update, render, write = agent.on_update, reconcile.render_kubelet_config, hostfs.HostFS.write
+    on_update, render, write = agent.on_update, kubelet.render_kubelet_config, hostfs.HostFS.write
 
     def spy_update(update: Any) -> None:
         stacks.setdefault("update", [*files_here(), "agent/agent.py"])
@@ -137,7 +138,7 @@ def test_the_path_of_a_change_crosses_five_files(
     for watcher in agent._watchers:
         if hasattr(watcher, "_sink"):
             monkeypatch.setattr(watcher, "_sink", spy_update)
-    monkeypatch.setattr(reconcile, "render_kubelet_config", spy_render)
+    monkeypatch.setattr(kubelet, "render_kubelet_config", spy_render)
     monkeypatch.setattr(hostfs.HostFS, "write", spy_write)
     api.put("u2")
     _wait_for(lambda: _users(config) == "u2" and len(stacks) == 3)

@@ -91,7 +91,12 @@ def test_wheel_builds_from_the_tree(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert {"nodeagent/cli.py", "nodeagent/agent.py", "nodeagent/hostfs.py"} <= names
+    assert {
+        "nodeagent/cli.py",
+        "nodeagent/agent/agent.py",
+        "nodeagent/targets/containerd/auth.py",
+        "nodeagent/hostfs.py",
+    } <= names
     assert "nodeagent = nodeagent.cli:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)
 

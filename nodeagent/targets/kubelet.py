@@ -9,8 +9,7 @@ managed entry goes away, and refuses to produce a file the kubelet would reject 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from nodeagent.credentials import RegistryCredential, safe_key
@@ -18,10 +17,11 @@ from nodeagent.decoding import DecodeError, loads_json
 from nodeagent.errors import TargetError
 from nodeagent.ledger import FileRecord
 from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
+from nodeagent.targets import Desired, FileChange, HostView, Plan, Rendered
 
 __all__ = [
     "TARGET",
-    "KubeletRender",
+    "KubeletTarget",
     "entry_credential",
     "kubelet_entries",
     "kubelet_problems",
@@ -30,14 +30,6 @@ __all__ = [
 
 TARGET = "kubelet"
 _KUBELET_FIELDS = ("username", "password", "email", "auth")
-
-
-@dataclass(frozen=True)
-class KubeletRender:
-    """The new file content (None: delete the file) and the new ledger record."""
-
-    content: bytes | None
-    record: FileRecord
 
 
 def kubelet_problems(document: Any) -> list[str]:
@@ -133,7 +125,7 @@ def render_kubelet_config(
     record: FileRecord | None,
     path: str,
     held: Collection[str] = (),
-) -> KubeletRender:
+) -> Rendered:
     """Merge ``desired`` into the current ``config.json`` bytes.
 
     ``held`` names registries whose source entry was rejected: the entries the agent already
@@ -196,7 +188,7 @@ def render_kubelet_config(
         new.owned[credential.key] = credential.registry
 
     if not auths and new.created and set(document) <= {"auths"}:
-        return KubeletRender(content=None, record=new)
+        return Rendered(content=None, record=new)
     document["auths"] = auths
     problems = kubelet_problems(document)
     if problems:
@@ -207,4 +199,34 @@ def render_kubelet_config(
             + " (fix or remove the foreign entry; nothing was written)",
         )
     content = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    return KubeletRender(content=content, record=new)
+    return Rendered(content=content, record=new)
+
+
+class KubeletTarget:
+    """The kubelet's ``config.json``: a failure fails the pass (nothing is written)."""
+
+    name = TARGET
+    isolated = False
+    kinds = frozenset({TARGET})
+
+    def __init__(self, path: str, *, node_wide: bool = True) -> None:
+        self.path = path
+        self.node_wide = node_wide
+        """False with ``--provider-only``: node-wide credentials are served by the provider alone."""
+
+    def plan(self, host: HostView, desired: Desired, records: Mapping[str, FileRecord]) -> Plan:
+        current = host.read(self.path)
+        record = records.get(self.path)
+        held = set(desired.held)
+        if desired.hold_all and record is not None:
+            held.update(record.owned.values())
+        render = render_kubelet_config(
+            desired=desired.merged.credentials if self.node_wide else (),
+            current=current,
+            record=record,
+            path=self.path,
+            held=held,
+        )
+        plan = Plan(changes=[FileChange(self.path, current, render.content)])
+        plan.keep(self.path, render.record)
+        return plan

@@ -12,11 +12,12 @@ merge (PyYAML does not keep them); JSON and YAML key order is.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -26,6 +27,10 @@ from nodeagent.ecr.plugin import CREDENTIALS_VERSION
 from nodeagent.errors import TargetError
 from nodeagent.ledger import FileRecord
 from nodeagent.registries import InvalidRegistry, decode_auth, split_host_port
+from nodeagent.targets import Desired, FileChange, HostView, Plan, Rendered
+
+if TYPE_CHECKING:
+    from nodeagent.config import ProviderSettings
 
 __all__ = [
     "CONFIG_TARGET",
@@ -34,7 +39,8 @@ __all__ = [
     "PLUGIN_TARGET",
     "PROVIDER_CONFIG_FILE",
     "STATIC_PLUGIN_NAME",
-    "ProviderRender",
+    "ProviderTarget",
+    "Rendered",
     "catch_all_images",
     "ecr_entry",
     "match_images",
@@ -90,22 +96,16 @@ def plugin_bytes() -> bytes:
     return resources.files("nodeagent.ecr").joinpath("plugin.py").read_bytes()
 
 
-@dataclass(frozen=True)
-class ProviderRender:
-    content: bytes | None
-    record: FileRecord
-
-
-def render_plugin(*, install: bool, current: bytes | None, record: FileRecord | None, path: str) -> ProviderRender:
+def render_plugin(*, install: bool, current: bytes | None, record: FileRecord | None, path: str) -> Rendered:
     """The plugin binary: written when installing, removed when not (only if the agent created it)."""
     if install:
         if current is not None and record is None and current != plugin_bytes():
             raise TargetError(path, "a different file with the plugin's name exists; refusing to overwrite it")
         created = record.created if record is not None else current is None
-        return ProviderRender(plugin_bytes(), FileRecord(PLUGIN_TARGET, created, {PLUGIN_NAME: "plugin"}))
+        return Rendered(plugin_bytes(), FileRecord(PLUGIN_TARGET, created, {PLUGIN_NAME: "plugin"}))
     if record is None:
-        return ProviderRender(current, FileRecord(PLUGIN_TARGET))
-    return ProviderRender(None if record.created else current, FileRecord(PLUGIN_TARGET))
+        return Rendered(current, FileRecord(PLUGIN_TARGET))
+    return Rendered(None if record.created else current, FileRecord(PLUGIN_TARGET))
 
 
 def ecr_entry(args: list[str]) -> dict[str, Any]:
@@ -183,14 +183,16 @@ def render_credentials_file(
     scoped: Sequence[ScopedCredential],
     current: bytes | None,
     held: Collection[str] = (),
+    hold_all: bool = False,
 ) -> bytes:
     """The file ``nodeagent-credential-provider`` answers from: scoped entries first (they win
     over a node-wide entry of the same key for pods they are served to), then node-wide ones.
-    A ``held`` registry (its source entry was rejected) keeps the node-wide entry it had."""
+    A ``held`` registry (its source entry was rejected) keeps the node-wide entry it had; with
+    ``hold_all`` (a source's state is unknown) every node-wide entry the file had stays."""
     entries = [_credential_entry(s.credential, s.namespaces) for s in scoped]
     entries += [_credential_entry(c, None) for c in credentials if not c.token_only]
     wanted = {c.registry for c in credentials}
-    if held and current is not None:
+    if (held or hold_all) and current is not None:
         try:
             previous = loads_json(current).get("entries") or []
         except (DecodeError, AttributeError):
@@ -199,7 +201,7 @@ def render_credentials_file(
             e
             for e in previous
             if isinstance(e, dict)
-            and e.get("registry") in held
+            and (hold_all or e.get("registry") in held)
             and e.get("registry") not in wanted
             and e.get("namespaces") is None
         ]
@@ -277,13 +279,13 @@ def provider_config_problem(document: dict[str, Any]) -> str | None:
 
 def render_provider_config(
     *, entries: Sequence[dict[str, Any]] | None, current: bytes | None, record: FileRecord | None, path: str
-) -> ProviderRender:
+) -> Rendered:
     """Merge our provider ``entries`` into the config (None: remove every entry we own). A
     foreign provider with one of our names is parked in the ledger and restored when ours goes."""
     fmt = "json" if path.endswith(".json") else "yaml"
     old = record or FileRecord(CONFIG_TARGET, created=current is None)
     if current is None and not entries:
-        return ProviderRender(None, FileRecord(CONFIG_TARGET))
+        return Rendered(None, FileRecord(CONFIG_TARGET))
     document = _load(current, path, fmt) if current is not None else {}
     providers = [p for p in document.get("providers", []) if not (isinstance(p, dict) and p.get("name") in old.owned)]
     new = FileRecord(CONFIG_TARGET, created=old.created or current is None)
@@ -302,7 +304,7 @@ def render_provider_config(
         providers.append(entry)
         new.owned[name] = "provider"
     if not providers and new.created and set(document) <= {"apiVersion", "kind", "providers"}:
-        return ProviderRender(None, FileRecord(CONFIG_TARGET))
+        return Rendered(None, FileRecord(CONFIG_TARGET))
     document.setdefault("apiVersion", CONFIG_API_VERSIONS[0])
     document.setdefault("kind", "CredentialProviderConfig")
     document["providers"] = providers
@@ -310,4 +312,109 @@ def render_provider_config(
         content = (json.dumps(document, indent=2) + "\n").encode()
     else:
         content = yaml.safe_dump(document, sort_keys=False, default_flow_style=False).encode()
-    return ProviderRender(content, new)
+    return Rendered(content, new)
+
+
+def _digest(content: bytes | None) -> str:
+    return hashlib.sha256(content).hexdigest() if content is not None else ""
+
+
+class ProviderTarget:
+    """The credential-provider plugins, config and credentials file: installed when configured;
+    removed only by ``uninstall`` (cleanup), so a plain ``sync`` never takes away what ``--ecr``
+    or ``--credential-provider`` installed. ``hold_all`` (install-provider, which has no
+    sources) keeps a credentials file that is already there. A failure fails the pass."""
+
+    name = "provider"
+    isolated = False
+    kinds = frozenset({PLUGIN_TARGET, CONFIG_TARGET, CREDENTIALS_TARGET})
+
+    def __init__(self, settings: ProviderSettings | None, *, backup_path: str) -> None:
+        self.settings, self.backup_path = settings, backup_path
+
+    def _active(self, host: HostView, desired: Desired) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        """The files to install, by path, and the provider entries of the config."""
+        active: dict[str, str] = {}
+        entries: list[dict[str, Any]] = []
+        provider = self.settings
+        if provider is None:
+            return active, entries
+        config_path = provider.config_path
+        # A path without a .json/.yaml/.yml name is a config directory (kubelet >= 1.34), also on a
+        # fresh node where it does not exist yet: the agent's own file goes inside (the chart's rule too).
+        if host.is_dir(config_path) or not config_path.endswith((".json", ".yaml", ".yml")):
+            config_path = config_path.rstrip("/") + "/" + PROVIDER_CONFIG_FILE
+        if provider.ecr:
+            active[provider.plugin_path] = PLUGIN_TARGET
+            entries.append(ecr_entry(provider.plugin_args))
+        if provider.credentials:
+            active[provider.static_plugin_path] = PLUGIN_TARGET
+            active[provider.credentials_file] = CREDENTIALS_TARGET
+            ports = {*provider.ports, *registry_ports(desired.merged)}
+            entries.append(
+                static_entry(credentials_file=provider.credentials_file, ports=ports, audience=provider.audience)
+            )
+        active[config_path] = CONFIG_TARGET
+        return active, entries
+
+    def plan(self, host: HostView, desired: Desired, records: Mapping[str, FileRecord]) -> Plan:
+        plan = Plan()
+        active, entries = self._active(host, desired)
+        stale = {p: r.target for p, r in records.items() if desired.uninstall and p not in active}
+        merged = desired.merged
+        for path, target in {**active, **stale}.items():
+            installing = path in active
+            current = host.read(path)
+            record = records.get(path)
+            if target == PLUGIN_TARGET:
+                render = render_plugin(install=installing, current=current, record=record, path=path)
+                mode = 0o755
+            elif target == CREDENTIALS_TARGET:
+                content = None
+                if installing and desired.hold_all and current is not None:
+                    content = current  # install-provider: the running agent's file stays as it is
+                elif installing:
+                    content = render_credentials_file(
+                        credentials=merged.credentials,
+                        scoped=merged.scoped,
+                        current=current,
+                        held=desired.held,
+                        hold_all=desired.hold_all,
+                    )
+                created = record.created if record is not None else current is None
+                owned = {"credentials": "file"} if installing else {}
+                render = Rendered(content, FileRecord(CREDENTIALS_TARGET, created, owned))
+                mode = 0o600
+            else:
+                render = render_provider_config(
+                    entries=entries if installing else None, current=current, record=record, path=path
+                )
+                # Keep the mode the node gave its file (a 0600 config may hold env secrets).
+                mode = host.mode(path) or 0o644
+                render = self._backup(host, plan, record, render, current)
+                if render.record.owned:
+                    plan.read_at_start.append(path)
+            plan.keep(path, render.record)
+            plan.changes.append(FileChange(path, current, render.content, mode))
+        return plan
+
+    def _backup(
+        self, host: HostView, plan: Plan, record: FileRecord | None, render: Rendered, current: bytes | None
+    ) -> Rendered:
+        """A node's own provider config is copied before the agent's first edit and put back byte
+        for byte when the agent lets go, if nobody changed the file since (else only the entry goes)."""
+        if current is not None and record is None and render.content != current and not render.record.created:
+            render.record.backup, render.record.digest = self.backup_path, _digest(render.content)
+            plan.changes.append(FileChange(self.backup_path, host.read(self.backup_path), current, 0o600))
+            return render
+        if record is None or not record.backup:
+            return render
+        if render.record.owned:  # still installed: carry the backup on (not read on every pass)
+            render.record.backup, render.record.digest = record.backup, _digest(render.content)
+            return render
+        saved = host.read(record.backup)
+        content = render.content
+        if saved is not None and _digest(current) == record.digest:
+            content = saved  # nobody touched it since: restore the node's bytes exactly
+        plan.changes.append(FileChange(record.backup, saved, None, 0o600))
+        return dataclasses.replace(render, content=content)
