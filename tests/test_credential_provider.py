@@ -65,8 +65,8 @@ class Node:
         self.provider = ProviderSettings(bin_dir=BIN, config_path=CONFIG, ecr=False, credentials=True, **provider)
         self.settings = SyncSettings(host_root=str(self.root), provider=self.provider)
 
-    def sync(self, *sources: ParseResult) -> None:
-        sync(HostFS(self.root), self.settings, list(sources))
+    def sync(self, *sources: ParseResult, hold_all: bool = False) -> None:
+        sync(HostFS(self.root), self.settings, list(sources), hold_all=hold_all)
         # The plugin runs on this machine, not in a chroot: point its --credentials at the sandbox.
         config = self.config_path
         document = yaml.safe_load(config.read_text())
@@ -192,6 +192,16 @@ def test_provider_only_leaves_config_json_to_the_node(tmp_path: Path) -> None:
     (node.root / "var/lib/kubelet/config.json").write_text(json.dumps({"auths": {"own.example": {"auth": b64("o:p")}}}))
     node.sync(_source({"r.example.com": "a"}))
     assert ["own.example"] == list(json.loads(node.config_json())["auths"])
+    assert [("user-a", "a")] == kubelet_provide(node.config_path, node.bin_dir, "r.example.com/app")
+
+
+@pytest.mark.parametrize("config_json", [True, False])
+def test_a_source_of_unknown_state_keeps_what_the_provider_serves(tmp_path: Path, config_json: bool) -> None:
+    """While a source is unreadable (hold_all), the provider keeps serving every node-wide entry it
+    had, with or without config.json: the hold is the provider's own, not borrowed from config.json."""
+    node = Node(tmp_path, config_json=config_json)
+    node.sync(_source({"r.example.com": "a"}))
+    node.sync(hold_all=True)
     assert [("user-a", "a")] == kubelet_provide(node.config_path, node.bin_dir, "r.example.com/app")
 
 
