@@ -43,13 +43,12 @@ from nodeagent.ecr.tokens import valid_key
 from nodeagent.errors import NodeagentError, SettingsError
 from nodeagent.hostfs import HostFS
 from nodeagent.kube import KubeAPI, KubeError, KubernetesClient
-from nodeagent.ledger import Ledger
+from nodeagent.ledger import HostsTomlRecord, Ledger
 from nodeagent.observe.health import HealthServer
 from nodeagent.observe.logging import configure_logging, get_logger
 from nodeagent.reconcile import SyncReport, cleanup, diff_changes, load_file_sources, redact_document, sync
 from nodeagent.registry_settings import load_registry_settings
 from nodeagent.targets.containerd import CONFIG_TARGET as CONTAINERD_CONFIG_TARGET
-from nodeagent.targets.containerd import HOSTS_TARGET as CONTAINERD_HOSTS_TARGET
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
 
@@ -573,8 +572,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"credentials revision {ledger.revision}")
     for path, record in sorted(ledger.files.items()):
-        if record.target == CONTAINERD_HOSTS_TARGET:
-            print(f"==> {path} (nodeagent's file for registry {record.owned.get('registry', '?')})")
+        if isinstance(record, HostsTomlRecord):
+            print(f"==> {path} (nodeagent's file for registry {record.registry or '?'})")
         else:
             print(f"==> {path} (managed entries: {', '.join(sorted(record.owned)) or 'none'})")
         sys.stdout.write(redact_document(hostfs.read(path), path=path) or "(missing)\n")

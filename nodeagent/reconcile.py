@@ -34,7 +34,7 @@ from nodeagent.decoding import DecodeError, loads_json, loads_yaml, parse_toml_d
 from nodeagent.ecr.plugin import CACHE_FILE as ECR_CACHE_FILE
 from nodeagent.errors import HostFSError, InputError, TargetError
 from nodeagent.hostfs import HostFS
-from nodeagent.ledger import FileRecord, Ledger
+from nodeagent.ledger import Ledger
 from nodeagent.registry_settings import SettingsLoad
 from nodeagent.targets import Desired, FileChange, HostView, Plan, Target
 from nodeagent.targets.containerd import ContainerdTarget
@@ -256,7 +256,7 @@ def _intent(old: Ledger, new: Ledger) -> Ledger:
     union = old.copy()
     union.revision = new.revision
     for path, record in new.files.items():
-        merged = union.files.setdefault(path, FileRecord(target=record.target, created=record.created))
+        merged = union.files.setdefault(path, type(record)(target=record.target, created=record.created))
         merged.owned.update(record.owned)
         merged.originals.update(record.originals)
         merged.created = merged.created or record.created

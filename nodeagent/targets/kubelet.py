@@ -15,7 +15,7 @@ from typing import Any
 from nodeagent.credentials import RegistryCredential, safe_key
 from nodeagent.decoding import DecodeError, loads_json
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord
+from nodeagent.ledger import FileRecord, KubeletRecord
 from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
 from nodeagent.targets import Desired, FileChange, HostView, Plan, Rendered
 
@@ -28,7 +28,7 @@ __all__ = [
     "render_kubelet_config",
 ]
 
-TARGET = "kubelet"
+TARGET = KubeletRecord.KIND
 _KUBELET_FIELDS = ("username", "password", "email", "auth")
 
 
@@ -131,7 +131,7 @@ def render_kubelet_config(
     ``held`` names registries whose source entry was rejected: the entries the agent already
     wrote for them stay as they are, rather than being removed on the strength of bad input.
     """
-    old = record or FileRecord(target=TARGET, created=current is None)
+    old = record or KubeletRecord(created=current is None)
     document: dict[str, Any]
     if current is None:
         document = {}
@@ -158,7 +158,7 @@ def render_kubelet_config(
         raise TargetError(path, "the existing 'auths' is not an object; refusing to overwrite it")
     auths: dict[str, Any] = dict(auths_value)
     wanted = {c.registry for c in desired}
-    new = FileRecord(target=TARGET, created=old.created or current is None)
+    new = KubeletRecord(created=old.created or current is None)
 
     # 1. Take back what the agent wrote (except held registries), and put back originals it no
     #    longer replaces.

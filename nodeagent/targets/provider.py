@@ -25,7 +25,7 @@ from nodeagent.credentials import MergeResult, RegistryCredential, ScopedCredent
 from nodeagent.decoding import DecodeError, loads_json, loads_yaml
 from nodeagent.ecr.plugin import CREDENTIALS_VERSION
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord
+from nodeagent.ledger import FileRecord, PluginRecord, ProviderConfigRecord, ProviderCredentialsRecord
 from nodeagent.registries import InvalidRegistry, decode_auth, split_host_port
 from nodeagent.targets import Desired, FileChange, HostView, Plan, Rendered
 
@@ -56,14 +56,14 @@ __all__ = [
 PLUGIN_NAME = "nodeagent-ecr-credential-provider"
 STATIC_PLUGIN_NAME = "nodeagent-credential-provider"
 """The same plugin file, answering from the agent's credentials file for every registry."""
-CREDENTIALS_TARGET = "provider-credentials"
+CREDENTIALS_TARGET = ProviderCredentialsRecord.KIND
 MAX_LABELS = 10
 """Host label counts the catch-all covers (an ECR host in China has 7): each ``*`` in a
 ``matchImages`` pattern matches exactly one DNS label."""
-PLUGIN_TARGET = "provider-plugin"
+PLUGIN_TARGET = PluginRecord.KIND
 PROVIDER_CONFIG_FILE = "nodeagent-ecr.yaml"
 """Our own file when the configured provider config path is a directory (kubelet >= 1.34)."""
-CONFIG_TARGET = "provider-config"
+CONFIG_TARGET = ProviderConfigRecord.KIND
 CONFIG_API_VERSIONS = ("kubelet.config.k8s.io/v1", "kubelet.config.k8s.io/v1beta1", "kubelet.config.k8s.io/v1alpha1")
 PROVIDER_API_VERSION = "credentialprovider.kubelet.k8s.io/v1"
 DEFAULT_CACHE_DURATION = "6h"
@@ -102,10 +102,10 @@ def render_plugin(*, install: bool, current: bytes | None, record: FileRecord | 
         if current is not None and record is None and current != plugin_bytes():
             raise TargetError(path, "a different file with the plugin's name exists; refusing to overwrite it")
         created = record.created if record is not None else current is None
-        return Rendered(plugin_bytes(), FileRecord(PLUGIN_TARGET, created, {PLUGIN_NAME: "plugin"}))
+        return Rendered(plugin_bytes(), PluginRecord(created=created, owned=dict(PluginRecord.OWNED)))
     if record is None:
-        return Rendered(current, FileRecord(PLUGIN_TARGET))
-    return Rendered(None if record.created else current, FileRecord(PLUGIN_TARGET))
+        return Rendered(current, PluginRecord())
+    return Rendered(None if record.created else current, PluginRecord())
 
 
 def ecr_entry(args: list[str]) -> dict[str, Any]:
@@ -283,12 +283,12 @@ def render_provider_config(
     """Merge our provider ``entries`` into the config (None: remove every entry we own). A
     foreign provider with one of our names is parked in the ledger and restored when ours goes."""
     fmt = "json" if path.endswith(".json") else "yaml"
-    old = record or FileRecord(CONFIG_TARGET, created=current is None)
+    old = record or ProviderConfigRecord(created=current is None)
     if current is None and not entries:
-        return Rendered(None, FileRecord(CONFIG_TARGET))
+        return Rendered(None, ProviderConfigRecord())
     document = _load(current, path, fmt) if current is not None else {}
     providers = [p for p in document.get("providers", []) if not (isinstance(p, dict) and p.get("name") in old.owned)]
-    new = FileRecord(CONFIG_TARGET, created=old.created or current is None)
+    new = ProviderConfigRecord(created=old.created or current is None)
     names = [entry["name"] for entry in entries or ()]
     for name, original in old.originals.items():
         if name not in names and not any(isinstance(p, dict) and p.get("name") == name for p in providers):
@@ -304,7 +304,7 @@ def render_provider_config(
         providers.append(entry)
         new.owned[name] = "provider"
     if not providers and new.created and set(document) <= {"apiVersion", "kind", "providers"}:
-        return Rendered(None, FileRecord(CONFIG_TARGET))
+        return Rendered(None, ProviderConfigRecord())
     document.setdefault("apiVersion", CONFIG_API_VERSIONS[0])
     document.setdefault("kind", "CredentialProviderConfig")
     document["providers"] = providers
@@ -382,8 +382,8 @@ class ProviderTarget:
                         hold_all=desired.hold_all,
                     )
                 created = record.created if record is not None else current is None
-                owned = {"credentials": "file"} if installing else {}
-                render = Rendered(content, FileRecord(CREDENTIALS_TARGET, created, owned))
+                owned = dict(ProviderCredentialsRecord.OWNED) if installing else {}
+                render = Rendered(content, ProviderCredentialsRecord(created=created, owned=owned))
                 mode = 0o600
             else:
                 render = render_provider_config(

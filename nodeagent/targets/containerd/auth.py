@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from nodeagent.credentials import EntryProblem, RegistryCredential
 from nodeagent.decoding import DecodeError, loads_toml, parse_toml_document
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord
+from nodeagent.ledger import ConfigTomlRecord, FileRecord
 from nodeagent.registries import InvalidRegistry, check_containerd_host, validate_registry_host
 from nodeagent.registry_settings import DOCKER_HUB, RegistrySettings, containerd_namespace
 from nodeagent.targets import Rendered
@@ -165,8 +165,8 @@ def render_config_auth(
     """
     import tomlkit
 
-    old = record or FileRecord(CONFIG_TARGET)
-    new = FileRecord(CONFIG_TARGET, backup=old.backup, digest=old.digest)
+    old = record or ConfigTomlRecord()
+    new = ConfigTomlRecord(backup=old.backup, digest=old.digest)
     try:
         view = loads_toml(current)
     except DecodeError as exc:
@@ -266,7 +266,7 @@ def render_dropin(
     if current is not None and not is_managed(current):
         raise TargetError(path, "a drop-in with this name exists and is not nodeagent's; refusing to overwrite it")
     if not desired:
-        return Rendered(None, FileRecord(CONFIG_TARGET))
+        return Rendered(None, ConfigTomlRecord())
     document = tomlkit.document()
     document.add(tomlkit.comment(MANAGED_HEADER[2:]))
     document["version"] = setup.version
@@ -285,7 +285,7 @@ def render_dropin(
     owned = {host: registry_name for host, (_, registry_name) in desired.items()}
     content = tomlkit.dumps(document).encode()
     _check_for_containerd(content, path, "drop-in")
-    return Rendered(content, FileRecord(CONFIG_TARGET, created=True, owned=owned))
+    return Rendered(content, ConfigTomlRecord(created=True, owned=owned))
 
 
 def _existing_auths(content: bytes | None, path: str) -> dict[str, dict[str, str]]:

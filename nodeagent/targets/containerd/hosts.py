@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from nodeagent.credentials import RegistryCredential
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord
+from nodeagent.ledger import FileRecord, HostsTomlRecord
 from nodeagent.registries import decode_auth
 from nodeagent.registry_settings import DOCKER_HUB, RegistrySettings
 
@@ -193,7 +193,7 @@ class HostsPlanning(PlanContext):
                         owned["dir"] = "created"
                     if path == hosts_path and root_created:
                         owned["root"] = "created"
-                    desired[path] = (content, mode, FileRecord(HOSTS_TARGET, created=True, owned=owned))
+                    desired[path] = (content, mode, HostsTomlRecord(owned=owned))
         for path, record in self.records.items():
             if record.target != HOSTS_TARGET or path in desired:
                 continue

@@ -14,7 +14,7 @@ from typing import Any
 from nodeagent.credentials import EntryProblem
 from nodeagent.decoding import DecodeError, loads_toml, parse_toml_document
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord
+from nodeagent.ledger import ConfigTomlRecord, FileRecord, HostsTomlRecord
 from nodeagent.targets import FileChange, HostView, Plan
 
 __all__ = [
@@ -39,8 +39,8 @@ DEFAULT_ROOTS_V3 = ("/etc/containerd/certs.d", "/etc/docker/certs.d")
 """containerd >= 2.2's default ``config_path`` (a version 3 config without one)."""
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 MANAGED_HEADER = "# nodeagent: managed file; the agent rewrites and removes it. Delete this line to keep it as yours."
-HOSTS_TARGET = "containerd-hosts"
-CONFIG_TARGET = "containerd-config"
+HOSTS_TARGET = HostsTomlRecord.KIND
+CONFIG_TARGET = ConfigTomlRecord.KIND
 DROPIN_NAME = "nodeagent.toml"
 _CAPABILITIES = ["pull", "resolve"]
 

@@ -5,7 +5,7 @@ Each stage is a snapshot of the host tree ({path: [mode, base64]}): ``before`` (
 files), ``synced`` (after a sync: ledger v1), ``resynced`` (after a second sync with changed
 sources), ``cleaned`` (after cleanup of ``synced``), ``recleaned`` (after cleanup of ``resynced``).
 
-    python tests/corpus/ledgers/generate.py
+    python tests/ledgers/generate.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from nodeagent.config import ContainerdSettings, ProviderSettings, SyncSettings  # noqa: E402
