@@ -45,7 +45,12 @@ def test_rotation_reaches_the_kubelets_next_pull(kube: FakeKube, start_agent: St
         "--secret", f"{NS}/central", "--secret", f"{NS}/scoped", "--credential-provider", "--provider-preset", "kubeadm"
     )
     credentials = agent.host_root / CREDENTIALS
-    wait_for(lambda: credentials.exists() and b"team.example.com" in credentials.read_bytes(), "first sync")
+    # The provider config is written after the credentials file in the same pass: wait for both.
+    wait_for(
+        lambda: credentials.exists() and b"team.example.com" in credentials.read_bytes()
+        and (agent.host_root / CONFIG).exists(),
+        "first sync",
+    )  # fmt: skip
     assert {"r.example.com": f"{SENTINEL}-1"} == agent.passwords()  # config.json: never the scoped Secret
     entries = json.loads(credentials.read_text())["entries"]
     assert [("team.example.com", ["team-a"]), ("r.example.com", None)] == [(e["key"], e["namespaces"]) for e in entries]
