@@ -26,14 +26,29 @@ from typing import Any
 from nodeagent import __version__
 from nodeagent.agent import Agent, RunSettings, SourceSpec
 from nodeagent.config import (
+    ALL_OPTIONS,
+    CONTAINERD_OPTIONS,
     CONTAINERD_PRESETS,
-    DEFAULT_KUBELET_ROOT_DIR,
-    DEFAULT_STATE_DIR,
+    ECR_OPTIONS,
+    FROM_FILE_OPTION,
+    HOST_OPTIONS,
+    LISTEN_OPTION,
+    LOG_OPTIONS,
+    NAMESPACE_OPTION,
+    NODE_OPTIONS,
+    OBSERVE_OPTIONS,
+    PROVIDER_OPTIONS,
     PROVIDER_PRESETS,
-    RESTART_POLICIES,
+    SECRETS_OPTION,
+    SOURCE_OPTIONS,
     ContainerdSettings,
+    EcrSettings,
+    ObserveSettings,
+    Option,
     ProviderSettings,
+    SourcesSettings,
     SyncSettings,
+    check_environment,
     default_host_root,
 )
 from nodeagent.containerd_restart import Restarter, RestartError, find_containerd, restart_pending
@@ -62,28 +77,51 @@ EXIT_DOCTOR_FAILED = 3
 _SECRET_REF = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"NODEAGENT_{name}", default)
+_OPTIONS = {option.flag: option for option in ALL_OPTIONS}
 
 
-def _add_host_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--host-root",
-        default=None,
-        help="prefix of every host path (env NODEAGENT_HOST_ROOT; default /host in the container, else /)",
-    )
-    parser.add_argument(
-        "--kubelet-root-dir",
-        default=_env("KUBELET_ROOT_DIR", DEFAULT_KUBELET_ROOT_DIR),
-        help="the kubelet's --root-dir on the host (default %(default)s)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        default=_env("STATE_DIR", DEFAULT_STATE_DIR),
-        help="ledger and lock directory on the host (default %(default)s)",
-    )
-    parser.add_argument("--log-format", choices=("auto", "json", "console"), default=_env("LOG_FORMAT", "auto"))
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=_env("LOG_LEVEL", "info"))
+def _add(parser: Any, *options: Option) -> None:
+    """Flags from their declarations (config.py). Every default is None here: a value not given on
+    the command line comes from the option's variable or its declared default (``_resolve``)."""
+    for option in options:
+        shown = "" if option.default in (None, (), False) else f"default {option.default}; "
+        text = f"{option.help} ({shown}{option.variable})" if option.variable else option.help
+        if option.switch:
+            parser.add_argument(option.flag, action="store_const", const=True, default=None, help=text)
+        else:
+            parser.add_argument(
+                option.flag, default=None, type=_argument_type(option), choices=option.choices,
+                metavar=option.metavar, help=text,
+            )  # fmt: skip
+
+
+def _argument_type(option: Option) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            return option.convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = option.dest
+    return convert
+
+
+def _resolve(args: argparse.Namespace) -> None:
+    """Fill each option the command line did not give from its variable, else its default
+    (the environment was checked at start, so this cannot fail)."""
+    for option in ALL_OPTIONS:
+        if getattr(args, option.dest, "absent") is None:
+            found, value = option.from_env(os.environ)
+            setattr(args, option.dest, value if found else option.default)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Every ``NODEAGENT_*`` value checked (for every command, ``--version`` too: a SettingsError
+    names the variable), then the command line parsed and each value not given filled in."""
+    check_environment(os.environ)
+    args = build_parser().parse_args(argv)
+    _resolve(args)
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,20 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_sync = sub.add_parser("sync", help="one reconcile pass from credential files")
     p_sync.add_argument("--once", action="store_true", help="one pass and exit (sync always does exactly one)")
-    env_files = [f for f in _env("FROM_FILE", "").split(",") if f]
     p_sync.add_argument(
-        "--from-file",
-        action="append",
-        default=None,
-        metavar="PATH",
-        help="a .dockerconfigjson or .dockercfg file (repeatable; later files win per registry; "
-        "env NODEAGENT_FROM_FILE, comma-separated)",
-    )
+        FROM_FILE_OPTION.flag, action="append", default=None, metavar="PATH",
+        help=f"{FROM_FILE_OPTION.help} ({FROM_FILE_OPTION.variable})",
+    )  # fmt: skip
     p_sync.add_argument("--dry-run", action="store_true", help="print a redacted diff, write nothing")
-    p_sync.set_defaults(env_files=env_files)
-    _add_provider_flags(p_sync)
-    _add_containerd_flags(p_sync)
-    _add_host_flags(p_sync)
+    _add(p_sync, *PROVIDER_OPTIONS)
+    _add(p_sync.add_argument_group("containerd (docs/containerd.md)"), *CONTAINERD_OPTIONS)
+    _add(p_sync, *HOST_OPTIONS, *LOG_OPTIONS)
 
     p_clean = sub.add_parser("cleanup", help="remove everything the agent wrote, restore what it replaced")
     p_clean.add_argument(
@@ -114,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after cleaning up, serve /healthz and /readyz on --listen until SIGTERM (the chart's uninstall step)",
     )
-    p_clean.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:9808"), help="HOST:PORT for --wait")
-    _add_host_flags(p_clean)
+    _add(p_clean, LISTEN_OPTION, *HOST_OPTIONS, *LOG_OPTIONS)
 
     p_wait = sub.add_parser(
         "wait-cleanup",
@@ -123,81 +154,29 @@ def build_parser() -> argparse.ArgumentParser:
         "post-delete hook)",
     )
     p_wait.add_argument("--daemonset", required=True, metavar="NAME", help="the cleanup DaemonSet")
-    p_wait.add_argument("--namespace", default=_env("NAMESPACE", "") or os.environ.get("POD_NAMESPACE") or "default")
     p_wait.add_argument("--timeout", type=float, default=240.0, help="seconds (default %(default)s)")
-    p_wait.add_argument("--kubeconfig", default=_env("KUBECONFIG", "") or None, help="default: in-cluster config")
-    p_wait.add_argument("--log-format", choices=("auto", "json", "console"), default=_env("LOG_FORMAT", "auto"))
-    p_wait.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=_env("LOG_LEVEL", "info"))
+    _add(p_wait, NAMESPACE_OPTION, _OPTIONS["--kubeconfig"], *LOG_OPTIONS)
 
     p_show = sub.add_parser("show", help="print the files the agent manages, secrets masked")
-    _add_host_flags(p_show)
+    _add(p_show, *HOST_OPTIONS, *LOG_OPTIONS)
 
     p_run = sub.add_parser("run", help="the long-running agent: watch sources, keep the node in sync")
     p_run.set_defaults(sources=None)
-    p_run.add_argument(
-        "--secret",
-        action=_AppendSource,
-        dest="sources",
-        metavar="NAMESPACE/NAME",
-        help="a dockerconfigjson/dockercfg Secret to watch (repeatable; env NODEAGENT_SECRETS, comma-separated)",
-    )
-    p_run.add_argument(
-        "--from-file",
-        action=_AppendSource,
-        dest="sources",
-        metavar="PATH",
-        help="a mounted Secret file to watch (repeatable; env NODEAGENT_FROM_FILE); sources merge in the "
-        "order given, later wins per registry",
-    )
-    p_run.add_argument("--kubeconfig", default=_env("KUBECONFIG", "") or None, help="default: in-cluster config")
-    p_run.add_argument("--node-name", default=os.environ.get("NODE_NAME") or _env("NODE_NAME", "") or None)
-    p_run.add_argument(
-        "--listen", default=_env("LISTEN", "0.0.0.0:9808"), help="HOST:PORT of /healthz, /readyz, /metrics"
-    )
-    p_run.add_argument("--on-secret-deleted", choices=("keep", "remove"), default=_env("ON_SECRET_DELETED", "keep"))
-    p_run.add_argument("--resync-interval", type=_seconds("RESYNC_INTERVAL"), default=_env("RESYNC_INTERVAL", "600"))
-    p_run.add_argument("--no-events", action="store_true", default=_env_flag("EVENTS"), help="do not create Events")
-    p_run.add_argument(
-        "--no-annotations", action="store_true", default=_env_flag("ANNOTATIONS"), help="do not annotate the Node"
-    )
-    p_run.add_argument("--event-namespace", default=_env("EVENT_NAMESPACE", "default"))
-    p_run.add_argument(
-        "--remove-startup-taint",
-        action="store_true",
-        default=_env_true("REMOVE_STARTUP_TAINT"),
-        help="remove the nodeagent.io/agent-not-ready taint from this Node once every source is read and applied",
-    )
-    _add_provider_flags(p_run)
-    _add_containerd_flags(p_run)
-    p_run.add_argument("--ecr", action="store_true", default=_env_true("ECR"), help="serve ECR tokens")
-    p_run.add_argument("--ecr-regions", default=_env("ECR_REGIONS", ""), help="regions to keep warm (comma-separated)")
-    p_run.add_argument(
-        "--ecr-registries",
-        default=_env("ECR_REGISTRIES", ""),
-        help="ECR hosts whose tokens also go into config.json (for kubelets without plugin flags)",
-    )
-    p_run.add_argument(
-        "--ecr-credentials-secret",
-        default=_env("ECR_CREDENTIALS_SECRET", "") or None,
-        metavar="NAMESPACE/NAME",
-        help="a Secret with aws_access_key_id/aws_secret_access_key (default: botocore's credential chain)",
-    )
-    p_run.add_argument(
-        "--forbidden-retry",
-        type=_seconds("FORBIDDEN_RETRY"),
-        default=_env("FORBIDDEN_RETRY", "60"),
-        help="seconds between retries after 401/403 (default %(default)s)",
-    )
-    _add_host_flags(p_run)
+    for option in (SECRETS_OPTION, FROM_FILE_OPTION):
+        p_run.add_argument(
+            option.flag, action=_AppendSource, dest="sources", metavar=option.metavar,
+            help=f"{option.help}; sources merge in the order given, later wins per registry ({option.variable})",
+        )  # fmt: skip
+    _add(p_run, *NODE_OPTIONS, *OBSERVE_OPTIONS, *SOURCE_OPTIONS, *PROVIDER_OPTIONS)
+    _add(p_run.add_argument_group("containerd (docs/containerd.md)"), *CONTAINERD_OPTIONS)
+    _add(p_run, *ECR_OPTIONS, *HOST_OPTIONS, *LOG_OPTIONS)
 
     p_install = sub.add_parser(
         "install-provider",
         help="install the credential-provider plugins and config, once (run --ecr / --credential-provider "
         "do it too); ECR unless --credential-provider is given without --ecr",
     )
-    p_install.add_argument("--ecr", action="store_true", default=_env_true("ECR"), help="install the ECR provider")
-    _add_provider_flags(p_install)
-    _add_host_flags(p_install)
+    _add(p_install, _OPTIONS["--ecr"], *PROVIDER_OPTIONS, *HOST_OPTIONS, *LOG_OPTIONS)
 
     p_doctor = sub.add_parser(
         "doctor",
@@ -216,14 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_doctor.add_argument(
         "--no-discover", action="store_true", help="do not look for the kubelet process; use the flags and presets"
     )
-    p_doctor.add_argument(
-        "--containerd-config",
-        default=_env("CONTAINERD_CONFIG", "") or None,
-        metavar="PATH",
-        help="containerd's config.toml (default: the running containerd's --config, else /etc/containerd/config.toml)",
-    )
-    _add_provider_flags(p_doctor)
-    _add_host_flags(p_doctor)
+    _add(p_doctor, _OPTIONS["--containerd-config"], *PROVIDER_OPTIONS, *HOST_OPTIONS, *LOG_OPTIONS)
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -264,46 +236,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _add_containerd_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("containerd (docs/containerd.md)")
-    group.add_argument(
-        "--containerd-preset",
-        choices=sorted(CONTAINERD_PRESETS),
-        default=_env("CONTAINERD_PRESET", "") or None,
-        help="where the node's containerd config is (k3s/rke2: under /var/lib/rancher)",
-    )
-    group.add_argument(
-        "--containerd-config",
-        default=_env("CONTAINERD_CONFIG", "") or None,
-        metavar="PATH",
-        help="containerd's config.toml on the host (default with the kubeadm preset: /etc/containerd/config.toml)",
-    )
-    group.add_argument(
-        "--registry-config",
-        default=_env("REGISTRY_CONFIG", "") or None,
-        metavar="PATH",
-        help="TOML with per-registry CA, client TLS, skip_verify, mirrors and containerd_auth (writes hosts.toml)",
-    )
-    group.add_argument(
-        "--containerd-auth",
-        action="store_true",
-        default=_env_true("CONTAINERD_AUTH"),
-        help="also write credentials into containerd's config.toml (needs a containerd restart to apply)",
-    )
-    group.add_argument(
-        "--containerd-restart",
-        choices=RESTART_POLICIES,
-        default=_env("CONTAINERD_RESTART", "none"),
-        help="after a config.toml credential change: none (report 'restart pending'), signal, systemd",
-    )
-    group.add_argument(
-        "--containerd-restart-interval",
-        type=_seconds("CONTAINERD_RESTART_INTERVAL"),
-        default=_env("CONTAINERD_RESTART_INTERVAL", "300"),
-        help="at most one containerd restart per this many seconds (default %(default)s)",
-    )
-
-
 def _containerd_settings(args: argparse.Namespace) -> ContainerdSettings | None:
     """containerd is managed when any containerd flag is given; otherwise its files are left alone."""
     config = args.containerd_config or (CONTAINERD_PRESETS[args.containerd_preset] if args.containerd_preset else None)
@@ -319,60 +251,6 @@ def _containerd_settings(args: argparse.Namespace) -> ContainerdSettings | None:
         restart=args.containerd_restart,
         restart_interval=args.containerd_restart_interval,
     )
-
-
-def _env_true(name: str) -> bool:
-    """True when ``NODEAGENT_<name>`` switches an off-by-default feature on (``true``/``1``/``yes``)."""
-    return _env(name, "false").strip().lower() in ("true", "1", "yes", "on")
-
-
-def _add_provider_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--provider-preset",
-        choices=sorted(PROVIDER_PRESETS),
-        default=_env("PROVIDER_PRESET", "") or None,
-        help="where the node's kubelet looks for plugins (eks: the AL2023 AMI's flags)",
-    )
-    parser.add_argument("--provider-bin-dir", default=_env("PROVIDER_BIN_DIR", "") or None)
-    parser.add_argument(
-        "--provider-config",
-        default=_env("PROVIDER_CONFIG", "") or None,
-        help="CredentialProviderConfig file (.json or .yaml), or a directory for a file of our own",
-    )
-    parser.add_argument(
-        "--socket", default=_env("SOCKET", "/run/nodeagent/agent.sock"), help="agent socket (host path)"
-    )
-    for flag, env, default, text in _PROVIDER_FLAGS:
-        if default is None:  # a switch
-            parser.add_argument(flag, action="store_true", default=_env_true(env), help=f"{text} (NODEAGENT_{env})")
-        else:
-            parser.add_argument(flag, default=_env(env, default), help=f"{text} (NODEAGENT_{env})")
-
-
-_PROVIDER_FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
-    # flag, NODEAGENT_ variable, default (None: a switch), help
-    ("--credential-provider", "CREDENTIAL_PROVIDER", None,
-     "serve every registry's credentials through the kubelet's exec-plugin path (nodeagent-credential-provider: "
-     "a rotation reaches the next pull; namespace-scoped Secrets)"),
-    ("--credential-provider-ports", "CREDENTIAL_PROVIDER_PORTS", "",
-     "comma-separated registry ports to ask the provider for besides those in the sources (a new one needs a "
-     "kubelet restart)"),
-    ("--service-account-tokens", "SERVICE_ACCOUNT_TOKENS", None,
-     "have the kubelet pass each pod's ServiceAccount token (k8s >= 1.33, KEP-4412): serves namespace-scoped "
-     "credentials; a kubelet older than 1.33 does not start with it"),
-    ("--service-account-token-audience", "SERVICE_ACCOUNT_TOKEN_AUDIENCE", "nodeagent",
-     "the tokens' audience (the chart grants the nodes this audience)"),
-    ("--provider-only", "PROVIDER_ONLY", None,
-     "with --credential-provider: leave node-wide credentials out of config.json (every kubelet must run the "
-     "provider, i.e. have been restarted since it was installed)"),
-)  # fmt: skip
-
-
-def _ports(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise SettingsError(f"--credential-provider-ports: {value!r} is not a comma-separated list of ports") from None
 
 
 def _provider_settings(args: argparse.Namespace, required: bool, *, ecr: bool = True) -> ProviderSettings | None:
@@ -391,32 +269,10 @@ def _provider_settings(args: argparse.Namespace, required: bool, *, ecr: bool = 
         socket=args.socket,
         ecr=ecr,
         credentials=args.credential_provider,
-        ports=_ports(args.credential_provider_ports),
+        ports=args.credential_provider_ports,
         audience=args.service_account_token_audience if args.service_account_tokens else None,
         config_json=not args.provider_only,
     )
-
-
-def _seconds(env: str) -> Any:
-    """An argparse type for a number of seconds whose default may come from ``NODEAGENT_<env>``:
-    argparse converts a string default only when the command uses it, inside its own error
-    handling (exit 2, naming the flag), so a bad value never surfaces as a traceback."""
-
-    def convert(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text[:40]!r} is not a number of seconds (from the flag or NODEAGENT_{env})"
-            ) from None
-
-    convert.__name__ = "seconds"
-    return convert
-
-
-def _env_flag(name: str) -> bool:
-    """True when ``NODEAGENT_<name>`` switches a feature off (``false``/``0``/``no``)."""
-    return _env(name, "true").strip().lower() in ("false", "0", "no", "off")
 
 
 class _AppendSource(argparse.Action):
@@ -435,7 +291,7 @@ def _settings(
     provider: ProviderSettings | None = None,
 ) -> SyncSettings:
     return SyncSettings(
-        host_root=args.host_root or default_host_root(),
+        host_root=args.host_root or default_host_root({}),
         kubelet_root_dir=args.kubelet_root_dir,
         state_dir=args.state_dir,
         from_files=tuple(files),
@@ -468,7 +324,7 @@ def _report(log: Any, report: SyncReport) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace, log: Any, redactor: Any) -> int:
-    files = args.from_file or args.env_files
+    files = args.from_file
     if not files:
         raise SettingsError("sync needs at least one --from-file PATH (or NODEAGENT_FROM_FILE)")
     provider = _provider_settings(args, required=True, ecr=False) if args.credential_provider else None
@@ -497,16 +353,9 @@ def _cmd_sync(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     return _report(log, report)
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"--listen {value!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
-
-
 def _cmd_cleanup(args: argparse.Namespace, log: Any) -> int:
     settings = _settings(args)
-    listen = _parse_listen(args.listen) if args.wait else None
+    listen = args.listen if args.wait else None
     report = cleanup(HostFS(settings.host_root), settings)
     log.info("cleanup_done", written=report.written, removed=report.removed)
     if report.containerd_auth_changed:
@@ -595,64 +444,51 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _run_settings(args: argparse.Namespace) -> RunSettings:
     sources = args.sources
     if sources is None:
-        sources = [("secret", v) for v in _env("SECRETS", "").split(",") if v.strip()]
-        sources += [("file", v) for v in _env("FROM_FILE", "").split(",") if v.strip()]
-    if not sources:
-        raise SettingsError("run needs at least one --secret NAMESPACE/NAME or --from-file PATH")
+        sources = [("secret", v) for v in SECRETS_OPTION.from_env(os.environ)[1] or ()]
+        sources += [("file", v) for v in FROM_FILE_OPTION.from_env(os.environ)[1] or ()]
     specs = []
     for kind, value in sources:
         value = value.strip()
         if kind == "secret" and not _SECRET_REF.match(value):
             raise SettingsError(f"--secret {value!r} is not NAMESPACE/NAME (lower-case DNS names)")
         specs.append(SourceSpec(kind, value))
-    if len({s.label for s in specs}) != len(specs):
-        raise SettingsError("the same source is given twice")
-    listen_host, listen_port = _parse_listen(args.listen)
-    if args.resync_interval < 1:
-        raise SettingsError("--resync-interval must be at least 1 second")
-    if args.forbidden_retry < 1:
-        raise SettingsError("--forbidden-retry must be at least 1 second")
-    ecr_registries = tuple(h.strip() for h in args.ecr_registries.split(",") if h.strip())
-    ecr_regions = tuple(r.strip() for r in args.ecr_regions.split(",") if r.strip())
-    for host in ecr_registries:
+    for host in args.ecr_registries:
         if parse_ecr_host(host) is None:
             raise SettingsError(f"--ecr-registries: {host!r} is not an ECR registry host")
-    for region in ecr_regions:
+    for region in args.ecr_regions:
         if not valid_key(region):
             raise SettingsError(f"--ecr-regions: {region!r} is not an AWS region name")
-    if args.remove_startup_taint and not args.node_name:
-        raise SettingsError("--remove-startup-taint needs --node-name (or NODE_NAME)")
-    if (ecr_registries or ecr_regions) and not args.ecr:
-        raise SettingsError("--ecr-registries and --ecr-regions need --ecr")
     provider = None
     if args.ecr or args.credential_provider:
         provider = _provider_settings(args, required=args.credential_provider, ecr=args.ecr)
+    listen_host, listen_port = args.listen
     return RunSettings(
         sync=_settings(args, provider=provider),
-        sources=tuple(specs),
+        sources=SourcesSettings(
+            specs=tuple(specs), on_secret_deleted=args.on_secret_deleted, resync_interval=args.resync_interval,
+            forbidden_retry=args.forbidden_retry,
+        ),
+        observe=ObserveSettings(
+            listen_host=listen_host, listen_port=listen_port, events=not args.no_events,
+            annotations=not args.no_annotations, event_namespace=args.event_namespace,
+        ),
+        ecr=EcrSettings(
+            enabled=args.ecr, regions=args.ecr_regions, registries=args.ecr_registries,
+            credentials_secret=args.ecr_credentials_secret,
+        ),
         node_name=args.node_name,
         kubeconfig=args.kubeconfig,
-        listen_host=listen_host,
-        listen_port=listen_port,
-        on_secret_deleted=args.on_secret_deleted,
-        resync_interval=args.resync_interval,
-        events=not args.no_events,
-        annotations=not args.no_annotations,
-        event_namespace=args.event_namespace,
-        forbidden_retry=args.forbidden_retry,
         startup_taint=args.remove_startup_taint,
-        ecr=args.ecr,
-        ecr_regions=ecr_regions,
-        ecr_registries=ecr_registries,
-        ecr_credentials_secret=args.ecr_credentials_secret,
-    )
+    )  # fmt: skip
 
 
 def _cmd_run(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     settings = _run_settings(args)
     api: KubeAPI | None = None
     needs_api = (
-        any(s.kind == "secret" for s in settings.sources) or settings.kubeconfig or settings.ecr_credentials_secret
+        any(s.kind == "secret" for s in settings.sources.specs)
+        or settings.kubeconfig
+        or settings.ecr.credentials_secret
     )
     if needs_api:
         api = KubernetesClient(settings.kubeconfig)
@@ -673,25 +509,12 @@ def _cmd_run(args: argparse.Namespace, log: Any, redactor: Any) -> int:
     os._exit(code)
 
 
-def _check_env_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """argparse checks ``choices`` only for values given on the command line; a default taken from
-    a ``NODEAGENT_*`` variable is checked here, with the same exit 2 and a message naming the flag."""
-    commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    command = commands.choices.get(args.command) if commands is not None and args.command else None
-    for action in (command or parser)._actions:
-        value = getattr(args, action.dest, None)
-        if action.choices is not None and value is not None and value not in action.choices:
-            options = ", ".join(str(c) for c in action.choices)
-            (command or parser).error(
-                f"argument {'/'.join(action.option_strings)}: invalid choice {str(value)[:40]!r} from its NODEAGENT_* "
-                f"variable (choose from {options})"
-            )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_env_choices(parser, args)
+    try:
+        args = parse_args(argv)
+    except SettingsError as exc:
+        print(f"nodeagent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "version":
         print(f"nodeagent {__version__}")
         return EXIT_OK

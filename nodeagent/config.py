@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from nodeagent.errors import SettingsError
 
@@ -221,34 +221,268 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
-class RunSettings:
-    """Settings of ``nodeagent run`` (the shared host settings live in ``sync``)."""
+class SourcesSettings:
+    """Where credentials come from and how their changes are followed (``run``)."""
 
-    sync: SyncSettings
-    sources: tuple[SourceSpec, ...]
-    node_name: str | None = None
-    kubeconfig: str | None = None
-    listen_host: str = "0.0.0.0"  # noqa: S104 - the kubelet's probes and Prometheus reach the pod IP
-    listen_port: int = 9808
+    specs: tuple[SourceSpec, ...]
     on_secret_deleted: Literal["keep", "remove"] = "keep"
     """Keep by default: one accidental ``kubectl delete secret`` must not break pulls on every node."""
     resync_interval: float = 600.0
     """A full pass every 10 min catches anything the watches missed, at negligible cost."""
+    forbidden_retry: float = 60.0
+    """401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
+
+    def __post_init__(self) -> None:
+        if not self.specs:
+            raise SettingsError("run needs at least one --secret NAMESPACE/NAME or --from-file PATH")
+        if len({s.label for s in self.specs}) != len(self.specs):
+            raise SettingsError("the same source is given twice")
+        if self.resync_interval < 1:
+            raise SettingsError("--resync-interval must be at least 1 second")
+        if self.forbidden_retry < 1:
+            raise SettingsError("--forbidden-retry must be at least 1 second")
+
+
+@dataclass(frozen=True)
+class ObserveSettings:
+    """What the agent tells people: the probe/metrics endpoint, Events and Node annotations."""
+
+    listen_host: str = "0.0.0.0"  # noqa: S104 - the kubelet's probes and Prometheus reach the pod IP
+    listen_port: int = 9808
     events: bool = True
     annotations: bool = True
     event_namespace: str = "default"
     """Events about cluster-scoped Nodes live in ``default``, where ``kubectl describe node`` finds them."""
-    drift_limit: int = 5
-    """More external rewrites than this per minute is a fight with another writer: back off."""
-    drift_backoff: float = 300.0
-    forbidden_retry: float = 60.0
-    """401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
+
+    @property
+    def listen(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}"
+
+
+@dataclass(frozen=True)
+class EcrSettings:
+    """ECR tokens served to the credential-provider plugin (installed per ``sync.provider``)."""
+
+    enabled: bool = False
+    regions: tuple[str, ...] = ()
+    registries: tuple[str, ...] = ()
+    """ECR hosts whose tokens also go into config.json, for kubelets not wired to plugins."""
+    credentials_secret: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.registries or self.regions) and not self.enabled:
+            raise SettingsError("--ecr-registries and --ecr-regions need --ecr")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of ``nodeagent run``, by group: the host (with its provider and containerd groups,
+    shared with ``sync``), the sources, what is reported, ECR, and this node."""
+
+    sync: SyncSettings
+    sources: SourcesSettings
+    observe: ObserveSettings = ObserveSettings()
+    ecr: EcrSettings = EcrSettings()
+    node_name: str | None = None
+    kubeconfig: str | None = None
     startup_taint: bool = False
     """Remove ``nodeagent.io/agent-not-ready`` from the Node once every source is read and applied,
     so that pods scheduled to a fresh node never race its first sync (``--remove-startup-taint``)."""
-    ecr: bool = False
-    """Serve ECR tokens to the credential-provider plugin (installed per ``sync.provider``)."""
-    ecr_regions: tuple[str, ...] = ()
-    ecr_registries: tuple[str, ...] = ()
-    """ECR hosts whose tokens also go into config.json, for kubelets not wired to plugins."""
-    ecr_credentials_secret: str | None = None
+    drift_limit: int = 5
+    """More external rewrites than this per minute is a fight with another writer: back off."""
+    drift_backoff: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.startup_taint and not self.node_name:
+            raise SettingsError("--remove-startup-taint needs --node-name (or NODE_NAME)")
+
+
+# -- flags and NODEAGENT_* variables: one declaration each -----------------------------------------
+def field_default(cls: type, name: str) -> Any:
+    """The default a settings group declares for one field: the one place it is written."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a number of seconds") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]!r} is not a number of seconds")
+    return value
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def ports(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in comma_list(text))
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a comma-separated list of ports") from None
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not 0 <= number < 65536:
+        raise ValueError(f"{text[:60]!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", number  # noqa: S104 - as the default: the pod IP
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as people give it: a flag and its ``NODEAGENT_*`` variable (derived from the
+    flag: ``--resync-interval`` is ``NODEAGENT_RESYNC_INTERVAL``; ``--no-events`` is
+    ``NODEAGENT_EVENTS=false``), its default (taken from its settings group), how its text is
+    parsed, and its help. The command line builds its flags from these; a value from the
+    environment is parsed here, at start, for every command: a bad one names its variable."""
+
+    flag: str
+    help: str = ""
+    default: Any = None
+    parse: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    switch: bool = False
+    metavar: str | None = None
+    env: str | None = ""
+    """The variable's name after ``NODEAGENT_`` ("" derives it from the flag; None: no variable)."""
+    fallback_env: str | None = None
+    """A variable read when ours is not set (``NODE_NAME`` and ``POD_NAMESPACE`` from the downward API)."""
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def negated(self) -> bool:
+        return self.switch and self.flag.startswith("--no-")
+
+    @property
+    def variable(self) -> str | None:
+        if self.env is None:
+            return None
+        return "NODEAGENT_" + (self.env or self.flag.removeprefix("--").removeprefix("no-").upper().replace("-", "_"))
+
+    def convert(self, text: str) -> Any:
+        """The value of ``text`` (ValueError with a reason when it has none)."""
+        if self.switch:
+            lowered = text.strip().lower()
+            if lowered not in _TRUE + _FALSE:
+                raise ValueError(f"{text[:40]!r} is not true or false")
+            return (lowered in _TRUE) != self.negated
+        if self.choices is not None and text not in self.choices:
+            raise ValueError(f"{text[:40]!r} is not one of {', '.join(self.choices)}")
+        return self.parse(text) if self.parse is not None else text
+
+    def from_env(self, environ: Mapping[str, str]) -> tuple[bool, Any]:
+        """(True, value) when the environment sets this option; a bad value is a SettingsError."""
+        for name in (self.variable, self.fallback_env):
+            if name and environ.get(name, ""):
+                try:
+                    return True, self.convert(environ[name])
+                except ValueError as exc:
+                    raise SettingsError(f"{name} (for {self.flag}): {exc}") from None
+        return False, None
+
+
+HOST_OPTIONS = (
+    Option("--host-root", "prefix of every host path (default /host in the container, else /)"),
+    Option(
+        "--kubelet-root-dir", "the kubelet's --root-dir on the host", field_default(SyncSettings, "kubelet_root_dir")
+    ),
+    Option("--state-dir", "ledger and lock directory on the host", field_default(SyncSettings, "state_dir")),
+)
+LOG_OPTIONS = (
+    Option("--log-format", "", "auto", choices=("auto", "json", "console")),
+    Option("--log-level", "", "info", choices=("debug", "info", "warning", "error")),
+)
+CONTAINERD_OPTIONS = (
+    Option("--containerd-preset", "where the node's containerd config is (k3s/rke2: under /var/lib/rancher)",
+           choices=tuple(sorted(CONTAINERD_PRESETS))),
+    Option("--containerd-config", "containerd's config.toml on the host (default with the kubeadm preset: "
+           "/etc/containerd/config.toml)", metavar="PATH"),
+    Option("--registry-config", "TOML with per-registry CA, client TLS, skip_verify, mirrors and containerd_auth "
+           "(writes hosts.toml)", metavar="PATH"),
+    Option("--containerd-auth", "also write credentials into containerd's config.toml (needs a containerd restart "
+           "to apply)", False, switch=True),
+    Option("--containerd-restart", "after a config.toml credential change: none (report 'restart pending'), signal, "
+           "systemd", field_default(ContainerdSettings, "restart"), choices=RESTART_POLICIES),
+    Option("--containerd-restart-interval", "at most one containerd restart per this many seconds",
+           field_default(ContainerdSettings, "restart_interval"), seconds),
+)  # fmt: skip
+PROVIDER_OPTIONS = (
+    Option("--provider-preset", "where the node's kubelet looks for plugins (eks: the AL2023 AMI's flags)",
+           choices=tuple(sorted(PROVIDER_PRESETS))),
+    Option("--provider-bin-dir", "the kubelet's --image-credential-provider-bin-dir (host path)"),
+    Option("--provider-config", "CredentialProviderConfig file (.json or .yaml), or a directory for a file of our own"),
+    Option("--socket", "agent socket (host path)", field_default(ProviderSettings, "socket")),
+    Option("--credential-provider", "serve every registry's credentials through the kubelet's exec-plugin path "
+           "(nodeagent-credential-provider: a rotation reaches the next pull; namespace-scoped Secrets)", False,
+           switch=True),
+    Option("--credential-provider-ports", "comma-separated registry ports to ask the provider for besides those in "
+           "the sources (a new one needs a kubelet restart)", (), ports),
+    Option("--service-account-tokens", "have the kubelet pass each pod's ServiceAccount token (k8s >= 1.33, "
+           "KEP-4412): serves namespace-scoped credentials; a kubelet older than 1.33 does not start with it",
+           False, switch=True),
+    Option("--service-account-token-audience", "the tokens' audience (the chart grants the nodes this audience)",
+           "nodeagent"),
+    Option("--provider-only", "with --credential-provider: leave node-wide credentials out of config.json (every "
+           "kubelet must run the provider, i.e. have been restarted since it was installed)", False, switch=True),
+)  # fmt: skip
+SOURCE_OPTIONS = (
+    Option("--on-secret-deleted", "", field_default(SourcesSettings, "on_secret_deleted"), choices=("keep", "remove")),
+    Option("--resync-interval", "seconds between full passes", field_default(SourcesSettings, "resync_interval"),
+           seconds),
+    Option("--forbidden-retry", "seconds between retries after 401/403",
+           field_default(SourcesSettings, "forbidden_retry"), seconds),
+)  # fmt: skip
+LISTEN_OPTION = Option("--listen", "HOST:PORT of /healthz, /readyz, /metrics", ObserveSettings().listen, listen_address)
+OBSERVE_OPTIONS = (
+    LISTEN_OPTION,
+    Option("--no-events", "do not create Events", False, switch=True),
+    Option("--no-annotations", "do not annotate the Node", False, switch=True),
+    Option("--event-namespace", "", field_default(ObserveSettings, "event_namespace")),
+)
+ECR_OPTIONS = (
+    Option("--ecr", "serve ECR tokens", False, switch=True),
+    Option("--ecr-regions", "regions to keep warm (comma-separated)", (), comma_list),
+    Option("--ecr-registries", "ECR hosts whose tokens also go into config.json (for kubelets without plugin flags)",
+           (), comma_list),
+    Option("--ecr-credentials-secret", "a Secret with aws_access_key_id/aws_secret_access_key (default: botocore's "
+           "credential chain)", metavar="NAMESPACE/NAME"),
+)  # fmt: skip
+NODE_OPTIONS = (
+    Option("--kubeconfig", "default: in-cluster config"),
+    Option("--node-name", "this Node's name (default: NODE_NAME, from the downward API)", fallback_env="NODE_NAME"),
+    Option("--remove-startup-taint", "remove the nodeagent.io/agent-not-ready taint from this Node once every source "
+           "is read and applied", False, switch=True),
+)  # fmt: skip
+SECRETS_OPTION = Option(
+    "--secret", "a dockerconfigjson/dockercfg Secret to watch (repeatable; comma-separated in the variable)",
+    (), comma_list, metavar="NAMESPACE/NAME", env="SECRETS",
+)  # fmt: skip
+FROM_FILE_OPTION = Option(
+    "--from-file", "a .dockerconfigjson or .dockercfg file (repeatable; later files win per registry; "
+    "comma-separated in the variable)", (), comma_list, metavar="PATH",
+)  # fmt: skip
+NAMESPACE_OPTION = Option("--namespace", "the chart's namespace", "default", fallback_env="POD_NAMESPACE")
+ALL_OPTIONS: tuple[Option, ...] = (
+    *HOST_OPTIONS, *LOG_OPTIONS, *CONTAINERD_OPTIONS, *PROVIDER_OPTIONS, *SOURCE_OPTIONS, *OBSERVE_OPTIONS,
+    *ECR_OPTIONS, *NODE_OPTIONS, SECRETS_OPTION, FROM_FILE_OPTION, NAMESPACE_OPTION,
+)  # fmt: skip
+"""Every option with a variable: main() reads them all at start, whatever the command."""
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Parse every ``NODEAGENT_*`` variable that is set (a SettingsError names the first bad one)."""
+    for option in ALL_OPTIONS:
+        option.from_env(environ)

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from nodeagent.agent import Agent, RunSettings, SourceSpec
-from nodeagent.config import SyncSettings
+from nodeagent.config import SourcesSettings, SyncSettings
 from nodeagent.observe.logging import Redactor
 
 
@@ -19,7 +19,9 @@ class _Thread:
 
 
 def _agent(host_root: Path, now: list[float]) -> Agent:
-    settings = RunSettings(sync=SyncSettings(host_root=str(host_root)), sources=(SourceSpec("secret", "ns/name"),))
+    settings = RunSettings(
+        sync=SyncSettings(host_root=str(host_root)), sources=SourcesSettings((SourceSpec("secret", "ns/name"),))
+    )
     return Agent(settings, api=None, redactor=Redactor(), stop=threading.Event(), clock=lambda: now[0])
 
 

@@ -20,7 +20,7 @@ import pytest
 
 import nodeagent
 from nodeagent.agent import Agent, RunSettings, SourceSpec
-from nodeagent.config import SyncSettings
+from nodeagent.config import ObserveSettings, SourcesSettings, SyncSettings
 from nodeagent.observe.logging import Redactor
 
 PACKAGE = Path(nodeagent.__file__).resolve().parent
@@ -76,8 +76,8 @@ def running(host_root: Path) -> Iterator[tuple[Agent, MemoryAPI]]:
     stop = threading.Event()
     api = MemoryAPI(stop)
     settings = RunSettings(
-        sync=SyncSettings(host_root=str(host_root)), sources=(SourceSpec("secret", "ns/pull"),),
-        listen_host="127.0.0.1", listen_port=0, events=False, annotations=False,
+        sync=SyncSettings(host_root=str(host_root)), sources=SourcesSettings((SourceSpec("secret", "ns/pull"),)),
+        observe=ObserveSettings(listen_host="127.0.0.1", listen_port=0, events=False, annotations=False),
     )  # fmt: skip
     agent = Agent(settings, api=api, redactor=Redactor(), stop=stop)  # type: ignore[arg-type]
     thread = threading.Thread(target=agent.run, name="agent")

@@ -319,9 +319,9 @@ def test_agent_accepts_the_rendered_flags(feature: str, monkeypatch: pytest.Monk
         elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
             monkeypatch.setenv(item["name"], "node-a")  # what the kubelet's downward API gives
     monkeypatch.setenv("NODEAGENT_HOST_ROOT", str(tmp_path))
-    args = cli.build_parser().parse_args(main["args"])
+    args = cli.parse_args(main["args"])
     settings = cli._run_settings(args)
-    assert len(settings.sources) == len(FEATURES[feature].get("secrets", [{}])) + len(
+    assert len(settings.sources.specs) == len(FEATURES[feature].get("secrets", [{}])) + len(
         FEATURES[feature].get("mountedSecrets", [])
     )
 
@@ -498,7 +498,7 @@ def test_doctor_in_the_pod_sees_the_agents_containerd_settings(monkeypatch: pyte
     for name, value in env.items():
         if name.startswith("NODEAGENT_") and value is not None:
             monkeypatch.setenv(name, value)
-    args = cli.build_parser().parse_args(["doctor"])
+    args = cli.parse_args(["doctor"])
     assert CONTAINERD_PRESETS["k3s"] == args.containerd_config
 
 

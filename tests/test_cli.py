@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,37 +206,69 @@ def test_cleanup_wait_serves_ready_until_sigterm(host_root: Path, good: str) -> 
     assert 0 == proc.wait(timeout=10)
 
 
-def _env_checked_flags() -> list[tuple[str, str, str]]:
-    """(command, flag, dest) of every flag whose default may come from NODEAGENT_<DEST> and that
-    has a constrained value: choices, or a number of seconds."""
-    import argparse
+def _constrained_options() -> list[Any]:
+    """Every declared option whose variable can hold a bad value (config.ALL_OPTIONS)."""
+    from nodeagent.config import ALL_OPTIONS
 
-    from nodeagent import cli
-
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     found = []
-    for name, sub in commands.choices.items():
-        for action in sub._actions:
-            constrained = action.choices is not None or getattr(action.type, "__name__", "") == "seconds"
-            if constrained and action.option_strings:
-                found.append((name, action.option_strings[0], action.dest))
+    for option in ALL_OPTIONS:
+        try:
+            option.convert("10m-bogus")
+        except ValueError:
+            found.append(option)
     return found
 
 
-@pytest.mark.parametrize(("command", "flag", "dest"), _env_checked_flags())
+@pytest.mark.parametrize("argv", [["--version"], ["version"], ["show"], ["run", "--from-file", "/dev/null"]])
+@pytest.mark.parametrize("option", _constrained_options(), ids=lambda o: o.flag)
 def test_a_bad_environment_value_is_a_usage_error(
-    command: str, flag: str, dest: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    option: Any, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Every constrained flag's NODEAGENT_* variable with a bad value: exit 2 with a message naming
-    the flag, for every command, never a traceback (argparse checks neither choices nor types of
-    defaults by itself)."""
+    """Every constrained option's NODEAGENT_* variable with a bad value: exit 2 with a message naming
+    the variable and the flag, for every command (--version too), never a traceback."""
     from nodeagent import cli
 
-    monkeypatch.setenv(f"NODEAGENT_{dest.upper()}", "10m-bogus")
-    extra = {"wait-cleanup": ["--daemonset", "x"], "run": ["--from-file", "/dev/null"]}.get(command, [])
+    monkeypatch.setenv(option.variable, "10m-bogus")
+    assert 2 == cli.main([*argv, "--host-root", "/nonexistent-host-root"] if argv[0] == "show" else argv)
+    err = capsys.readouterr().err
+    assert option.variable in err and option.flag in err and "Traceback" not in err
+
+
+def test_the_constrained_options_cover_every_kind() -> None:
+    """The class test above sees choices, numbers of seconds, switches, ports and addresses."""
+    flags = {o.flag for o in _constrained_options()}
+    assert {
+        "--log-format",
+        "--resync-interval",
+        "--ecr",
+        "--no-events",
+        "--credential-provider-ports",
+        "--listen",
+    } <= flags
+
+
+@pytest.mark.parametrize("option", [o for o in _constrained_options() if not o.switch], ids=lambda o: o.flag)
+def test_a_bad_flag_value_names_the_flag(option: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same values on the command line (switches take none): argparse's exit 2, naming the flag."""
+    from nodeagent import cli
+
+    command = next(
+        c for c in ("run", "sync", "cleanup", "doctor", "wait-cleanup")
+        if option.dest in vars(cli.build_parser().parse_args([c, "--daemonset", "x"] if c == "wait-cleanup" else [c]))
+    )  # fmt: skip
+    extra = ["--daemonset", "x"] if command == "wait-cleanup" else []
     with pytest.raises(SystemExit) as exit_info:
-        cli.main([command, *extra, "--host-root", "/nonexistent-host-root"] if command != "wait-cleanup" else
-                 [command, *extra])  # fmt: skip
+        cli.main([command, *extra, option.flag, "10m-bogus"])
     assert 2 == exit_info.value.code
-    assert f"argument {flag}" in capsys.readouterr().err
+    assert f"argument {option.flag}" in capsys.readouterr().err
+
+
+def test_the_host_plugin_defaults_to_the_agents_socket() -> None:
+    """The plugin (standard library only, copied to the host) cannot import the declaration: its
+    default socket must be the one declared in config.py."""
+    import inspect
+
+    from nodeagent.config import ProviderSettings, field_default
+    from nodeagent.ecr import plugin
+
+    assert f'"NODEAGENT_SOCKET", "{field_default(ProviderSettings, "socket")}"' in inspect.getsource(plugin)

@@ -56,18 +56,20 @@ class Agent:
         self.stop = stop or threading.Event()
         self.hostfs = HostFS(settings.sync.host_root)
         self.log = get_logger(node=settings.node_name)
-        self.book = SourceBook([spec.label for spec in settings.sources], on_deleted=settings.on_secret_deleted)
-        self.loop = Loop(resync_interval=settings.resync_interval, clock=clock, stop=self.stop)
+        self.book = SourceBook(
+            [spec.label for spec in settings.sources.specs], on_deleted=settings.sources.on_secret_deleted
+        )
+        self.loop = Loop(resync_interval=settings.sources.resync_interval, clock=clock, stop=self.stop)
         self.drift = DriftGuard(limit=settings.drift_limit, backoff=settings.drift_backoff)
         self.status = Status(
             metrics=self.metrics,
             log=self.log,
             api=api,
             node_name=settings.node_name,
-            events=settings.events,
-            annotations=settings.annotations,
-            event_namespace=settings.event_namespace,
-            on_secret_deleted=settings.on_secret_deleted,
+            events=settings.observe.events,
+            annotations=settings.observe.annotations,
+            event_namespace=settings.observe.event_namespace,
+            on_secret_deleted=settings.sources.on_secret_deleted,
             clock=clock,
         )
         self.taint = StartupTaint(
@@ -77,8 +79,8 @@ class Agent:
         provider = settings.sync.provider
         self.ecr = EcrService(
             host_root=settings.sync.host_root, state_dir=settings.sync.state_dir,
-            socket_path=provider.socket if provider is not None else None, regions=settings.ecr_regions,
-            registries=settings.ecr_registries, credentials_secret=settings.ecr_credentials_secret, api=api,
+            socket_path=provider.socket if provider is not None else None, regions=settings.ecr.regions,
+            registries=settings.ecr.registries, credentials_secret=settings.ecr.credentials_secret, api=api,
             metrics=self.metrics, log=self.log, redact=redactor.add, on_token=self.loop.changed,
         )  # fmt: skip
         # --registry-config: a bad file fails here, at start (SettingsError), never later.
@@ -155,8 +157,8 @@ class Agent:
     # -- wiring ----------------------------------------------------------------------------------
     def _start_sources(self) -> None:
         on_start = self.metrics.watch_starts.labels
-        retry = self.settings.forbidden_retry
-        for spec in self.settings.sources:
+        retry = self.settings.sources.forbidden_retry
+        for spec in self.settings.sources.specs:
             if spec.kind == "file":
                 watcher: Any = FileWatcher(spec.ref, self.on_update)
             elif self.api is None:
@@ -196,14 +198,14 @@ class Agent:
     def run(self) -> int:
         """Start every part, run the loop until ``stop`` is set; return the process exit code."""
         server = HealthServer(
-            self.settings.listen_host, self.settings.listen_port, alive=self.alive, ready=self.ready,
+            self.settings.observe.listen_host, self.settings.observe.listen_port, alive=self.alive, ready=self.ready,
             metrics=self.metrics.render,
         )  # fmt: skip
         server.start()
         self.status.poster.start()
-        self.log.info("agent_started", sources=[s.label for s in self.settings.sources], port=server.port)
+        self.log.info("agent_started", sources=[s.label for s in self.settings.sources.specs], port=server.port)
         self._start_sources()
-        ecr_server = self.ecr.start(self.stop) if self.settings.ecr else None
+        ecr_server = self.ecr.start(self.stop) if self.settings.ecr.enabled else None
         watches = self._start_file_watches()
         try:
             while not self.stop.is_set():

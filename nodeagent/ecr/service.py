@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nodeagent.config import ProviderSettings, field_default
 from nodeagent.credentials import EntryProblem, ParseResult, RegistryCredential
 from nodeagent.ecr.plugin import parse_ecr_host
 from nodeagent.ecr.tokens import EcrSocketServer, StaticKeys, TokenManager
@@ -20,7 +21,7 @@ __all__ = ["DEFAULT_SOCKET", "ECR_SOURCE", "EcrService"]
 
 ECR_SOURCE = "ecr"
 """The source name of ECR tokens written into config.json for ``--ecr-registries``."""
-DEFAULT_SOCKET = "/run/nodeagent/agent.sock"
+DEFAULT_SOCKET = field_default(ProviderSettings, "socket")
 
 
 class EcrService:
