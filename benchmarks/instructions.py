@@ -25,9 +25,9 @@ CHILD = r"""
 import base64, json, sys, tempfile
 from pathlib import Path
 from nodeagent.config import ContainerdSettings, SyncSettings
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
 from nodeagent.reconcile import load_file_sources, sync
-from nodeagent.registry_settings import parse_registry_settings
+from nodeagent.model.registry_settings import parse_registry_settings
 workload, count, passes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 work = Path(tempfile.mkdtemp())
 hosts = [f"registry-{i}.example.com:5000" for i in range(count)]

@@ -39,9 +39,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from nodeagent.config import ContainerdSettings, SyncSettings
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.registry_settings import parse_registry_settings
 from nodeagent.reconcile import load_file_sources, sync
-from nodeagent.registry_settings import parse_registry_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fake_kube import FakeKube  # the test fake API server, reused as the peer

@@ -51,18 +51,18 @@ from nodeagent.config import (
     check_environment,
     default_host_root,
 )
-from nodeagent.containerd_restart import Restarter, RestartError, find_containerd, restart_pending
-from nodeagent.credentials import EntryProblem, safe_key
 from nodeagent.ecr.plugin import parse_ecr_host
 from nodeagent.ecr.tokens import valid_key
 from nodeagent.errors import NodeagentError, SettingsError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.containerd_restart import Restarter, RestartError, find_containerd, restart_pending
+from nodeagent.host.hostfs import HostFS
 from nodeagent.kube import KubeAPI, KubeError, KubernetesClient
-from nodeagent.ledger import HostsTomlRecord, Ledger
+from nodeagent.model.credentials import EntryProblem, safe_key
+from nodeagent.model.ledger import HostsTomlRecord, Ledger
+from nodeagent.model.registry_settings import load_registry_settings
 from nodeagent.observe.health import HealthServer
 from nodeagent.observe.logging import configure_logging, get_logger
 from nodeagent.reconcile import SyncReport, cleanup, diff_changes, load_file_sources, redact_document, sync
-from nodeagent.registry_settings import load_registry_settings
 from nodeagent.targets.containerd import CONFIG_TARGET as CONTAINERD_CONFIG_TARGET
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "main"]

@@ -254,10 +254,6 @@ class ObserveSettings:
     event_namespace: str = "default"
     """Events about cluster-scoped Nodes live in ``default``, where ``kubectl describe node`` finds them."""
 
-    @property
-    def listen(self) -> str:
-        return f"{self.listen_host}:{self.listen_port}"
-
 
 @dataclass(frozen=True)
 class EcrSettings:
@@ -445,7 +441,10 @@ SOURCE_OPTIONS = (
     Option("--forbidden-retry", "seconds between retries after 401/403",
            field_default(SourcesSettings, "forbidden_retry"), seconds),
 )  # fmt: skip
-LISTEN_OPTION = Option("--listen", "HOST:PORT of /healthz, /readyz, /metrics", ObserveSettings().listen, listen_address)
+LISTEN_OPTION = Option(
+    "--listen", "HOST:PORT of /healthz, /readyz, /metrics",
+    (field_default(ObserveSettings, "listen_host"), field_default(ObserveSettings, "listen_port")), listen_address,
+)  # fmt: skip
 OBSERVE_OPTIONS = (
     LISTEN_OPTION,
     Option("--no-events", "do not create Events", False, switch=True),

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from nodeagent.decoding import DecodeError, loads_json
 from nodeagent.errors import NodeagentError
+from nodeagent.model.decoding import DecodeError, loads_json
 
 __all__ = ["KubeAPI", "KubeError", "KubernetesClient"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from nodeagent.decoding import DecodeError, loads_json
+from nodeagent.model.decoding import DecodeError, loads_json
 
 __all__ = ["FIXES", "ProbeTarget", "probe_all"]
 

@@ -1,6 +1,6 @@
 """Sources -> desired state -> plan -> apply, for one pass (``sync``) and for ``cleanup``.
 
-The plan is computed from pure renderers; only :class:`~nodeagent.hostfs.HostFS` touches the host.
+The plan is computed from pure renderers; only :class:`~nodeagent.host.hostfs.HostFS` touches the host.
 Order of writes for crash safety: the ledger is first written with the union of old and new
 ownership (so a crash never leaves an agent entry that looks foreign), then the target files,
 then the final ledger.
@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent.config import SyncSettings
-from nodeagent.credentials import (
+from nodeagent.ecr.plugin import CACHE_FILE as ECR_CACHE_FILE
+from nodeagent.errors import HostFSError, InputError, TargetError
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import (
     MAX_INPUT_BYTES,
     SECRET_FIELDS,
     EntryProblem,
@@ -30,12 +33,9 @@ from nodeagent.credentials import (
     merge_credentials,
     parse_docker_config,
 )
-from nodeagent.decoding import DecodeError, loads_json, loads_yaml, parse_toml_document
-from nodeagent.ecr.plugin import CACHE_FILE as ECR_CACHE_FILE
-from nodeagent.errors import HostFSError, InputError, TargetError
-from nodeagent.hostfs import HostFS
-from nodeagent.ledger import Ledger
-from nodeagent.registry_settings import SettingsLoad
+from nodeagent.model.decoding import DecodeError, loads_json, loads_yaml, parse_toml_document
+from nodeagent.model.ledger import Ledger
+from nodeagent.model.registry_settings import SettingsLoad
 from nodeagent.targets import Desired, FileChange, HostView, Plan, Target
 from nodeagent.targets.containerd import ContainerdTarget
 from nodeagent.targets.kubelet import KubeletTarget

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.config import SyncSettings
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
 
 
 def b64(text: str) -> str:

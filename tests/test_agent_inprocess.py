@@ -105,7 +105,7 @@ def test_the_path_of_a_change_crosses_five_files(
 ) -> None:
     """The files on the stack where the change is handed on: into the agent (from the watch),
     into the kubelet target's renderer, into the host writer."""
-    from nodeagent import hostfs
+    from nodeagent.host import hostfs
     from nodeagent.targets import kubelet
 
     agent, api = running
@@ -131,7 +131,7 @@ def test_the_path_of_a_change_crosses_five_files(
 
     def spy_write(self: Any, path: str, *args: Any, **kwargs: Any) -> Any:
         if path.endswith("/config.json"):
-            stacks.setdefault("write", [*files_here(), "hostfs.py"])
+            stacks.setdefault("write", [*files_here(), "host/hostfs.py"])
         return write(self, path, *args, **kwargs)
 
     monkeypatch.setattr(agent, "on_update", spy_update)
@@ -143,4 +143,4 @@ def test_the_path_of_a_change_crosses_five_files(
     api.put("u2")
     _wait_for(lambda: _users(config) == "u2" and len(stacks) == 3)
     crossed = sorted({name for files in stacks.values() for name in files})
-    assert ["agent/agent.py", "hostfs.py", "reconcile.py", "sources/kube.py", "targets/kubelet.py"] == crossed
+    assert ["agent/agent.py", "host/hostfs.py", "reconcile.py", "sources/kube.py", "targets/kubelet.py"] == crossed

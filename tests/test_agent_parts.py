@@ -13,11 +13,11 @@ from nodeagent.agent.loop import Loop, Pending
 from nodeagent.agent.status import REVISION_ANNOTATION, Status
 from nodeagent.agent.taint import STARTUP_TAINT, StartupTaint
 from nodeagent.config import ContainerdSettings
-from nodeagent.containerd_restart import ContainerdProcess, ContainerdRestarts, Restarter
-from nodeagent.credentials import EntryProblem
 from nodeagent.ecr.service import ECR_SOURCE, EcrService
 from nodeagent.ecr.tokens import Token
+from nodeagent.host.containerd_restart import ContainerdProcess, ContainerdRestarts, Restarter
 from nodeagent.kube import KubeError
+from nodeagent.model.credentials import EntryProblem
 from nodeagent.observe.metrics import Metrics
 from nodeagent.reconcile import SyncReport
 from nodeagent.sources import SourceUpdate

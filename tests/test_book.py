@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nodeagent.agent.book import SourceBook
-from nodeagent.credentials import ParseResult, parse_docker_config
+from nodeagent.model.credentials import ParseResult, parse_docker_config
 from nodeagent.sources import SourceUpdate
 from tests.conftest import docker_config
 

@@ -15,8 +15,8 @@ import yaml
 
 from nodeagent import cli
 from nodeagent.config import CONTAINERD_PRESETS, PROVIDER_PRESETS
-from nodeagent.credentials import parse_secret
-from nodeagent.registry_settings import parse_registry_settings
+from nodeagent.model.credentials import parse_secret
+from nodeagent.model.registry_settings import parse_registry_settings
 
 CHART = Path(__file__).resolve().parent.parent / "daemonset"
 PRESETS = ["kubeadm", "eks", "k3s", "rke2", "microk8s", "aks", "gke"]

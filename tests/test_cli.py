@@ -272,3 +272,23 @@ def test_the_host_plugin_defaults_to_the_agents_socket() -> None:
     from nodeagent.ecr import plugin
 
     assert f'"NODEAGENT_SOCKET", "{field_default(ProviderSettings, "socket")}"' in inspect.getsource(plugin)
+
+
+def test_every_declared_default_is_a_value_its_settings_take(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing given, each option's declared default goes through the same settings builders
+    as a parsed value does (a default in the wrong form would fail here, not on a node)."""
+    from nodeagent import cli
+    from nodeagent.config import ALL_OPTIONS
+
+    for option in ALL_OPTIONS:
+        if option.variable:
+            monkeypatch.delenv(option.variable, raising=False)
+        if option.default not in (None, (), False) and option.parse is not None:
+            assert isinstance(
+                option.default, type(option.parse(str(option.default)) if not isinstance(option.default, tuple) else ())
+            )
+    run = cli._run_settings(cli.parse_args(["run", "--from-file", "/dev/null", "--host-root", str(tmp_path)]))
+    observed = (run.observe.listen_host, run.observe.listen_port, run.sources.resync_interval)
+    assert ("0.0.0.0", 9808, 600.0) == observed  # noqa: S104 - the declared default, not a bind
+    cleanup = cli.parse_args(["cleanup", "--wait"])
+    assert (run.observe.listen_host, run.observe.listen_port) == cleanup.listen

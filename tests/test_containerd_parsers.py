@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodeagent.credentials import parse_docker_config
-from nodeagent.registry_settings import RegistrySettings
+from nodeagent.model.credentials import parse_docker_config
+from nodeagent.model.registry_settings import RegistrySettings
 from nodeagent.targets.containerd import (
     ContainerdSetup,
     detect_setup,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from nodeagent.config import ContainerdSettings
-from nodeagent.containerd_restart import Restarter, RestartError, process_start_time, restart_pending
-from nodeagent.containerd_restart import find_containerd as _find_containerd
+from nodeagent.host.containerd_restart import Restarter, RestartError, process_start_time, restart_pending
+from nodeagent.host.containerd_restart import find_containerd as _find_containerd
 
 
 class _Proc:

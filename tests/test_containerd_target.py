@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodeagent.config import ContainerdSettings, SyncSettings
-from nodeagent.credentials import RegistryCredential, parse_docker_config
 from nodeagent.errors import SettingsError, TargetError
-from nodeagent.hostfs import HostFS
-from nodeagent.ledger import Ledger
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import RegistryCredential, parse_docker_config
+from nodeagent.model.ledger import Ledger
+from nodeagent.model.registry_settings import RegistrySettings, SettingsLoad, parse_registry_settings
 from nodeagent.reconcile import cleanup, sync
-from nodeagent.registry_settings import RegistrySettings, SettingsLoad, parse_registry_settings
 from nodeagent.targets.containerd import (
     MANAGED_HEADER,
     auth_hosts,

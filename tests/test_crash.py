@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from nodeagent.config import SyncSettings
-from nodeagent.credentials import parse_docker_config
-from nodeagent.hostfs import TEMP_MARKER, HostFS
-from nodeagent.ledger import Ledger
+from nodeagent.host.hostfs import TEMP_MARKER, HostFS
+from nodeagent.model.credentials import parse_docker_config
+from nodeagent.model.ledger import Ledger
 from nodeagent.reconcile import sync
 from tests.conftest import FIGURES, b64
 from tests.real_parsers import kubelet_read_config
@@ -116,7 +116,7 @@ def _containerd_generation(generation: int) -> tuple[bytes, bytes]:
 
 def _containerd_sync(root: Path, generation: int) -> None:
     from nodeagent.config import ContainerdSettings
-    from nodeagent.registry_settings import parse_registry_settings
+    from nodeagent.model.registry_settings import parse_registry_settings
 
     data, settings = _containerd_generation(generation)
     sync(

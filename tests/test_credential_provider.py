@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodeagent.config import ProviderSettings, SyncSettings
-from nodeagent.credentials import ParseResult, parse_docker_config, parse_namespaces, parse_secret
 from nodeagent.ecr import plugin
 from nodeagent.errors import InputError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import ParseResult, parse_docker_config, parse_namespaces, parse_secret
 from nodeagent.reconcile import sync
 from nodeagent.targets.provider import STATIC_PLUGIN_NAME, catch_all_images
 from tests.conftest import FIGURES, b64

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from nodeagent.credentials import (
+from nodeagent.errors import InputError
+from nodeagent.model.credentials import (
     MAX_ENTRIES,
     MAX_INPUT_BYTES,
     merge_credentials,
     parse_docker_config,
     parse_secret,
 )
-from nodeagent.errors import InputError
 
 
 def _b64(text: str) -> str:

@@ -572,7 +572,7 @@ def _install_static(host_root: Path, *extra: str) -> None:
 def _run_doctor(host_root: Path, image: str | None = None, **facts: Any) -> set[str]:
     from nodeagent.config import PROVIDER_PRESETS
     from nodeagent.doctor import NodeFacts, run_doctor
-    from nodeagent.hostfs import HostFS
+    from nodeagent.host.hostfs import HostFS
 
     bin_dir, config = PROVIDER_PRESETS["kubeadm"]
     node = NodeFacts("/var/lib/kubelet", provider_config=config, provider_bin_dir=bin_dir, **facts)
@@ -624,7 +624,7 @@ def test_provider_installed_after_the_kubelet_started(host_root: Path) -> None:
 def test_image_pull_credentials_policy_is_reported(host_root: Path, policy: str | None) -> None:
     """doctor reports the kubelet's imagePullCredentialsVerificationPolicy (KEP-2535)."""
     from nodeagent.doctor import NodeFacts, run_doctor
-    from nodeagent.hostfs import HostFS
+    from nodeagent.host.hostfs import HostFS
 
     kubelet_config = host_root / "var/lib/kubelet/config.yaml"
     document = {
@@ -808,7 +808,7 @@ def test_doctor_survives_any_node_file(
     the kubelet's config) and reports on it: no content of any of them makes doctor itself fail."""
     from nodeagent.config import PROVIDER_PRESETS
     from nodeagent.doctor import NodeFacts, run_doctor
-    from nodeagent.hostfs import HostFS
+    from nodeagent.host.hostfs import HostFS
 
     root = tmp_path_factory.mktemp("hostile-node")
     for name, content in contents:

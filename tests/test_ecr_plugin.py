@@ -256,12 +256,12 @@ def test_sovereign_cloud_host_is_one_rule_for_plugin_and_agent() -> None:
 
 
 def test_plugin_strict_json_agrees_with_the_agents() -> None:
-    """The plugin's stdlib-only strict JSON reader refuses what nodeagent.decoding refuses."""
+    """The plugin's stdlib-only strict JSON reader refuses what nodeagent.model.decoding refuses."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from nodeagent.decoding import DecodeError, loads_json
     from nodeagent.ecr.plugin import loads_strict
+    from nodeagent.model.decoding import DecodeError, loads_json
 
     pieces = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "1" * 450, '"\\ud800"', '"ok"', "1.5", "[", "]"])
 

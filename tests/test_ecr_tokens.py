@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.ecr.tokens import BotocoreTokens, EcrSocketServer, TokenError, TokenManager
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
 from tests.fake_aws import PUBLIC_PASSWORD, AwsPeer
 
 PLUGIN = Path(__file__).resolve().parent.parent / "nodeagent/ecr/plugin.py"

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from nodeagent.config import ContainerdSettings, SyncSettings
-from nodeagent.credentials import parse_docker_config, safe_key
 from nodeagent.errors import InputError, SettingsError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import parse_docker_config, safe_key
+from nodeagent.model.registries import InvalidRegistry, validate_registry_host
+from nodeagent.model.registry_settings import parse_registry_settings
 from nodeagent.reconcile import cleanup, sync
-from nodeagent.registries import InvalidRegistry, validate_registry_host
-from nodeagent.registry_settings import parse_registry_settings
 from nodeagent.targets.containerd import go_toml_v1_problems
 from tests.conftest import b64, docker_config
 
@@ -242,7 +242,7 @@ def test_private_provider_config_keeps_mode_and_bytes(host_root: Path) -> None:
 @pytest.mark.parametrize("suffix", ["yaml", "json"])
 def test_show_masks_provider_env_values(suffix: str) -> None:
     """show/dry-run render a provider config with env values masked, env names kept."""
-    from nodeagent.decoding import loads_yaml
+    from nodeagent.model.decoding import loads_yaml
     from nodeagent.reconcile import redact_document
 
     document = loads_yaml(PRIVATE_PROVIDER_CONFIG)
@@ -319,7 +319,7 @@ def test_containerd_quirk_leaves_containerd_alone_and_writes_config_json(
 def test_decode_errors_never_show_user_info_of_a_key() -> None:
     """A decoding error located under a key with user:password@ names the key without the password."""
     data = b'{"auths": {"https://robot:s3cr3t-pw@r.example": {"auth": "x\\ud800"}}}'
-    from nodeagent.decoding import DecodeError, loads_json
+    from nodeagent.model.decoding import DecodeError, loads_json
 
     with pytest.raises(DecodeError) as caught:
         loads_json(data)

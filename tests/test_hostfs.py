@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from nodeagent.errors import HostFSError, LockTimeout, NotARegularFile, SymlinkRefused
-from nodeagent.hostfs import TEMP_MARKER, HostFS
+from nodeagent.host.hostfs import TEMP_MARKER, HostFS
 
 TARGET = "/var/lib/kubelet/config.json"
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from nodeagent.config import ContainerdSettings, SyncSettings
-from nodeagent.credentials import parse_docker_config
 from nodeagent.errors import HostFSError, NodeagentError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import parse_docker_config
+from nodeagent.model.registry_settings import parse_registry_settings
 from nodeagent.reconcile import cleanup, sync
-from nodeagent.registry_settings import parse_registry_settings
 from tests.conftest import FIGURES, docker_config
 from tests.tls import make_ca_and_server
 

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodeagent.config import SyncSettings
-from nodeagent.credentials import ParseResult, parse_docker_config
 from nodeagent.errors import InputError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import ParseResult, parse_docker_config
 from nodeagent.reconcile import sync
 from tests.conftest import FIGURES, b64
 from tests.real_parsers import kubelet_read_config

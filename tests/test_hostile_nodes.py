@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodeagent.config import ContainerdSettings, SyncSettings
-from nodeagent.credentials import parse_docker_config
 from nodeagent.errors import TargetError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import parse_docker_config
+from nodeagent.model.registry_settings import parse_registry_settings
 from nodeagent.reconcile import cleanup, sync
-from nodeagent.registry_settings import parse_registry_settings
 from nodeagent.targets.containerd import go_toml_v1_problems
 from tests.conftest import FIGURES, b64
 from tests.real_parsers import containerd_config_dump, kubelet_read_config

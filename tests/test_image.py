@@ -95,7 +95,7 @@ def test_wheel_builds_from_the_tree(tmp_path: Path) -> None:
         "nodeagent/cli.py",
         "nodeagent/agent/agent.py",
         "nodeagent/targets/containerd/auth.py",
-        "nodeagent/hostfs.py",
+        "nodeagent/host/hostfs.py",
     } <= names
     assert "nodeagent = nodeagent.cli:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodeagent.keyring import image_registry_path, is_docker_hub_image, lookup, url_matches
-from nodeagent.registries import InvalidRegistry
+from nodeagent.model.keyring import image_registry_path, is_docker_hub_image, lookup, url_matches
+from nodeagent.model.registries import InvalidRegistry
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ _IMAGES = ["nginx", "library/nginx", "foo/bar:1", "docker.io/library/nginx", "in
 def test_lookup_model_agrees_with_the_kubelet(tmp_path_factory: Any, keys: list[str], image: str) -> None:
     """doctor's keyring model returns the same credentials, in the same order, as the kubelet's
     own keyring for the same config.json and image."""
-    from nodeagent.keyring import kubelet_key
+    from nodeagent.model.keyring import kubelet_key
     from tests.real_parsers import kubelet_lookup
 
     unique: dict[str, str] = {}

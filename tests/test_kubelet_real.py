@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodeagent.config import ProviderSettings, SyncSettings
-from nodeagent.credentials import parse_docker_config
 from nodeagent.errors import TargetError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import parse_docker_config
 from nodeagent.reconcile import sync
 from nodeagent.targets.provider import PLUGIN_NAME, ecr_entry, render_provider_config
 from tests.conftest import FIGURES, b64
@@ -300,8 +300,8 @@ def test_config_json_reading_agrees_with_the_kubelet(document: _Obj, images: lis
     repeated keys), nodeagent's reading agrees with the kubelet's own code: it calls a file bad
     (and will not write it) exactly when the kubelet ignores it, reads every entry's credential as
     the kubelet does, and doctor --image's model returns what the kubelet's keyring returns."""
-    from nodeagent.decoding import DecodeError, loads_json
-    from nodeagent.keyring import kubelet_key, lookup
+    from nodeagent.model.decoding import DecodeError, loads_json
+    from nodeagent.model.keyring import kubelet_key, lookup
     from nodeagent.targets.kubelet import entry_credential, kubelet_entries, kubelet_problems, render_kubelet_config
     from tests.real_parsers import KubeletRejects, kubelet_keyring_lookup, kubelet_read_config
 

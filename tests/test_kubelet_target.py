@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.credentials import RegistryCredential, merge_credentials, parse_docker_config
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord
-from nodeagent.registries import normalise_key
+from nodeagent.model.credentials import RegistryCredential, merge_credentials, parse_docker_config
+from nodeagent.model.ledger import FileRecord
+from nodeagent.model.registries import normalise_key
 from nodeagent.targets.kubelet import render_kubelet_config
 from tests.conftest import b64, docker_config
 from tests.real_parsers import kubelet_read_config

@@ -14,10 +14,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nodeagent"
 PURE = [
-    "registries.py",
-    "credentials.py",
-    "ledger.py",
-    "selectors.py",
+    "model/registries.py",
+    "model/credentials.py",
+    "model/ledger.py",
+    "model/selectors.py",
+    "model/keyring.py",
+    "model/decoding.py",
     "agent/book.py",
     "agent/drift.py",
     "agent/loop.py",

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodeagent.errors import InputError
-from nodeagent.hostfs import HostFS
-from nodeagent.ledger import (
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.ledger import (
     RECORD_TYPES,
     ConfigTomlRecord,
     HostsTomlRecord,
@@ -48,7 +48,16 @@ def _ledger(tree: dict[str, Any]) -> Ledger:
 
 
 def _without_ledger(tree: dict[str, Any]) -> dict[str, Any]:
-    return {path: value for path, value in tree.items() if path != LEDGER}
+    """The tree without the ledger, the plugin files as this version installs them (a pass
+    upgrades the plugin the agent owns: its bytes are this version's plugin)."""
+    from nodeagent.targets.provider import plugin_bytes
+
+    plugin = base64.b64encode(plugin_bytes()).decode()
+    return {
+        path: [mode, plugin] if "/credential-providers/nodeagent-" in path else [mode, content]
+        for path, (mode, content) in tree.items()
+        if path != LEDGER
+    }
 
 
 def test_the_fixture_is_a_version_1_ledger_with_every_record_kind() -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from nodeagent.config import ProviderSettings, SyncSettings
 from nodeagent.errors import TargetError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
 from nodeagent.reconcile import cleanup, sync
 from nodeagent.targets.provider import PLUGIN_NAME, ecr_entry, match_images, plugin_bytes, render_provider_config
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key, validate_registry_host
+from nodeagent.model.registries import InvalidRegistry, decode_auth, normalise_key, validate_registry_host
 from tests.real_parsers import KubeletRejects, kubelet_keyring_lookup, kubelet_read_config
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodeagent.errors import SettingsError
-from nodeagent.registry_settings import load_registry_settings, parse_registry_settings
+from nodeagent.model.registry_settings import load_registry_settings, parse_registry_settings
 from tests.tls import make_ca_and_server
 
 
@@ -168,7 +168,7 @@ def test_hostile_settings_never_crash(tables: dict[str, Any]) -> None:
     absolute paths the document names."""
     import tomlkit
 
-    from nodeagent.registries import validate_registry_host
+    from nodeagent.model.registries import validate_registry_host
 
     read: list[str] = []
 

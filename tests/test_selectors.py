@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.selectors import InvalidSelector, parse_selector
+from nodeagent.model.selectors import InvalidSelector, parse_selector
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodeagent.config import SyncSettings
-from nodeagent.credentials import parse_docker_config
 from nodeagent.errors import HostFSError, TargetError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import parse_docker_config
 from nodeagent.reconcile import cleanup, diff_changes, sync
 from tests.conftest import b64, docker_config
 from tests.real_parsers import kubelet_read_config

@@ -16,17 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 from nodeagent.config import RunSettings
-from nodeagent.containerd_restart import ContainerdRestarts, Restarter
-from nodeagent.credentials import ParseResult
 from nodeagent.ecr.service import EcrService
 from nodeagent.errors import NodeagentError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.containerd_restart import ContainerdRestarts, Restarter
+from nodeagent.host.hostfs import HostFS
 from nodeagent.kube import KubeAPI
+from nodeagent.model.credentials import ParseResult
+from nodeagent.model.registry_settings import SettingsFile
 from nodeagent.observe.health import HealthServer
 from nodeagent.observe.logging import Redactor, get_logger
 from nodeagent.observe.metrics import Metrics
 from nodeagent.reconcile import sync
-from nodeagent.registry_settings import SettingsFile
 from nodeagent.sources import SourceUpdate
 from nodeagent.sources.files import DirectoryWatch, FileWatcher
 from nodeagent.sources.kube import NodeWatcher, SecretWatcher

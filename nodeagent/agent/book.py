@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
-from nodeagent.credentials import ParseResult
-from nodeagent.selectors import InvalidSelector, Selector, parse_selector
+from nodeagent.model.credentials import ParseResult
+from nodeagent.model.selectors import InvalidSelector, Selector, parse_selector
 from nodeagent.sources import SourceUpdate
 
 __all__ = ["Recorded", "SourceBook", "SourceState"]

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent.credentials import safe_key
 from nodeagent.ecr.service import ECR_SOURCE
 from nodeagent.kube import KubeAPI, KubeError
+from nodeagent.model.credentials import safe_key
 from nodeagent.observe.events import EventRecorder
 from nodeagent.observe.metrics import Metrics
 from nodeagent.observe.posting import Poster

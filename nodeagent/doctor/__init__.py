@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nodeagent.credentials import safe_key
-from nodeagent.hostfs import HostFS
-from nodeagent.registries import InvalidRegistry, normalise_key
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.credentials import safe_key
+from nodeagent.model.registries import InvalidRegistry, normalise_key
 from nodeagent.targets.kubelet import entry_credential, kubelet_entries
 from nodeagent.targets.provider import PLUGIN_NAME, STATIC_PLUGIN_NAME
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nodeagent.errors import HostFSError, SymlinkRefused
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
 
 from .report import Finding, NodeFacts, Severity
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from nodeagent.config import CONTAINERD_PRESETS
-from nodeagent.decoding import DecodeError, loads_toml
 from nodeagent.errors import HostFSError, TargetError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
+from nodeagent.model.decoding import DecodeError, loads_toml
 from nodeagent.targets.containerd import detect_setup, dropin_path, is_managed
 
 from .base import Checks
@@ -179,7 +179,7 @@ class ContainerdChecks(Checks):
 
 def containerd_hosts_for(fs: HostFS, roots: list[str], image: str) -> str | None:
     """The hosts.toml containerd uses for an image: ``<root>/<host[:port]>/hosts.toml``, else ``_default``."""
-    from nodeagent.keyring import image_registry_path, is_docker_hub_image
+    from nodeagent.model.keyring import image_registry_path, is_docker_hub_image
 
     host = "docker.io" if is_docker_hub_image(image) else image_registry_path(image).split("/", 1)[0]
     for name in (host, "_default"):

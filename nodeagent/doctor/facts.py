@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from nodeagent.containerd_restart import process_start_time
+from nodeagent.host.containerd_restart import process_start_time
 
 from .report import NodeFacts
 

@@ -7,13 +7,13 @@ import stat
 import time
 from typing import Any
 
-from nodeagent.credentials import safe_key
-from nodeagent.decoding import DecodeError, loads_json, loads_yaml
 from nodeagent.errors import HostFSError, InputError
-from nodeagent.hostfs import TEMP_MARKER
-from nodeagent.keyring import lookup
-from nodeagent.ledger import Ledger
-from nodeagent.registries import InvalidRegistry, normalise_key
+from nodeagent.host.hostfs import TEMP_MARKER
+from nodeagent.model.credentials import safe_key
+from nodeagent.model.decoding import DecodeError, loads_json, loads_yaml
+from nodeagent.model.keyring import lookup
+from nodeagent.model.ledger import Ledger
+from nodeagent.model.registries import InvalidRegistry, normalise_key
 from nodeagent.targets.kubelet import kubelet_entries, kubelet_problems
 
 from .base import Checks

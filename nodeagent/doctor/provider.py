@@ -7,8 +7,8 @@ import socket
 import time
 from typing import Any
 
-from nodeagent.decoding import DecodeError, loads_json, loads_yaml
 from nodeagent.ecr.plugin import API_VERSIONS, CACHE_FILE, MIN_REMAINING
+from nodeagent.model.decoding import DecodeError, loads_json, loads_yaml
 from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE, STATIC_PLUGIN_NAME
 
 from .base import Checks

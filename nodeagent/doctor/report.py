@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from nodeagent.registry_settings import DOCKER_HUB_ALIASES
+from nodeagent.model.registry_settings import DOCKER_HUB_ALIASES
 
 SCHEMA_VERSION = 1
 Severity = Literal["ok", "info", "warning", "error"]

@@ -108,7 +108,7 @@ def _finite_float(text: str) -> float:
 def loads_strict(data: bytes | str) -> Any:
     """JSON with bounded numbers and depth, no NaN/Infinity: ValueError for anything else.
 
-    The plugin's own copy of the agent's strict decoding (``nodeagent.decoding``; it runs on the
+    The plugin's own copy of the agent's strict decoding (``nodeagent.model.decoding``; it runs on the
     host with only the standard library); tests/test_ecr_plugin.py checks that both agree.
     """
     try:

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 from nodeagent.config import ProviderSettings, field_default
-from nodeagent.credentials import EntryProblem, ParseResult, RegistryCredential
 from nodeagent.ecr.plugin import parse_ecr_host
 from nodeagent.ecr.tokens import EcrSocketServer, StaticKeys, TokenManager
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
 from nodeagent.kube import KubeAPI, KubeError
+from nodeagent.model.credentials import EntryProblem, ParseResult, RegistryCredential
 from nodeagent.observe.metrics import Metrics
 
 __all__ = ["DEFAULT_SOCKET", "ECR_SOURCE", "EcrService"]

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from nodeagent.ecr.plugin import CACHE_FILE, MIN_REMAINING, PUBLIC_KEY, is_cache_key, loads_strict
 from nodeagent.errors import NodeagentError
-from nodeagent.hostfs import HostFS
+from nodeagent.host.hostfs import HostFS
 from nodeagent.observe.logging import get_logger
 from nodeagent.sources import Backoff
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from nodeagent.credentials import ParseResult
+from nodeagent.model.credentials import ParseResult
 
 __all__ = ["NODE_SELECTOR_ANNOTATION", "Backoff", "SourceUpdate", "UpdateKind", "UpdateSink"]
 

@@ -18,8 +18,8 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from nodeagent.credentials import MAX_INPUT_BYTES, parse_docker_config
 from nodeagent.errors import InputError
+from nodeagent.model.credentials import MAX_INPUT_BYTES, parse_docker_config
 from nodeagent.observe.logging import get_logger
 from nodeagent.sources import SourceUpdate, UpdateSink
 

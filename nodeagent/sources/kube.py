@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nodeagent.credentials import parse_secret
 from nodeagent.errors import InputError
 from nodeagent.kube import KubeAPI, KubeError
+from nodeagent.model.credentials import parse_secret
 from nodeagent.observe.logging import get_logger
 from nodeagent.sources import NODE_SELECTOR_ANNOTATION, Backoff, SourceUpdate, UpdateKind, UpdateSink
 

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nodeagent.credentials import EntryProblem, MergeResult
-from nodeagent.ledger import FileRecord
-from nodeagent.registry_settings import RegistrySettings
+from nodeagent.model.credentials import EntryProblem, MergeResult
+from nodeagent.model.ledger import FileRecord
+from nodeagent.model.registry_settings import RegistrySettings
 
 __all__ = ["Desired", "FileChange", "HostView", "Plan", "Rendered", "Target"]
 

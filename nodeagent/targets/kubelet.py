@@ -12,11 +12,11 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from nodeagent.credentials import RegistryCredential, safe_key
-from nodeagent.decoding import DecodeError, loads_json
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord, KubeletRecord
-from nodeagent.registries import InvalidRegistry, decode_auth, normalise_key
+from nodeagent.model.credentials import RegistryCredential, safe_key
+from nodeagent.model.decoding import DecodeError, loads_json
+from nodeagent.model.ledger import FileRecord, KubeletRecord
+from nodeagent.model.registries import InvalidRegistry, decode_auth, normalise_key
 from nodeagent.targets import Desired, FileChange, HostView, Plan, Rendered
 
 __all__ = [

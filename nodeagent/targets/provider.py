@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from nodeagent.credentials import MergeResult, RegistryCredential, ScopedCredential
-from nodeagent.decoding import DecodeError, loads_json, loads_yaml
 from nodeagent.ecr.plugin import CREDENTIALS_VERSION
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord, PluginRecord, ProviderConfigRecord, ProviderCredentialsRecord
-from nodeagent.registries import InvalidRegistry, decode_auth, split_host_port
+from nodeagent.model.credentials import MergeResult, RegistryCredential, ScopedCredential
+from nodeagent.model.decoding import DecodeError, loads_json, loads_yaml
+from nodeagent.model.ledger import FileRecord, PluginRecord, ProviderConfigRecord, ProviderCredentialsRecord
+from nodeagent.model.registries import InvalidRegistry, decode_auth, split_host_port
 from nodeagent.targets import Desired, FileChange, HostView, Plan, Rendered
 
 if TYPE_CHECKING:

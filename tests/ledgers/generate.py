@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from nodeagent.config import ContainerdSettings, ProviderSettings, SyncSettings  # noqa: E402
-from nodeagent.credentials import parse_docker_config  # noqa: E402
-from nodeagent.hostfs import HostFS  # noqa: E402
+from nodeagent.host.hostfs import HostFS  # noqa: E402
+from nodeagent.model.credentials import parse_docker_config  # noqa: E402
+from nodeagent.model.registry_settings import parse_registry_settings  # noqa: E402
 from nodeagent.reconcile import cleanup, sync  # noqa: E402
-from nodeagent.registry_settings import parse_registry_settings  # noqa: E402
 
 PROVIDER_CONFIG = """apiVersion: kubelet.config.k8s.io/v1
 kind: CredentialProviderConfig

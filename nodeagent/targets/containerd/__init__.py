@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from nodeagent.credentials import RegistryCredential
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord
-from nodeagent.registries import InvalidRegistry, validate_registry_host
-from nodeagent.registry_settings import RegistrySettings, containerd_namespace
+from nodeagent.model.credentials import RegistryCredential
+from nodeagent.model.ledger import FileRecord
+from nodeagent.model.registries import InvalidRegistry, validate_registry_host
+from nodeagent.model.registry_settings import RegistrySettings, containerd_namespace
 from nodeagent.targets import Desired, HostView, Plan
 
 from .auth import AuthPlanning, auth_hosts, render_config_auth, render_dropin

@@ -9,12 +9,12 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nodeagent.credentials import EntryProblem, RegistryCredential
-from nodeagent.decoding import DecodeError, loads_toml, parse_toml_document
 from nodeagent.errors import TargetError
-from nodeagent.ledger import ConfigTomlRecord, FileRecord
-from nodeagent.registries import InvalidRegistry, check_containerd_host, validate_registry_host
-from nodeagent.registry_settings import DOCKER_HUB, RegistrySettings, containerd_namespace
+from nodeagent.model.credentials import EntryProblem, RegistryCredential
+from nodeagent.model.decoding import DecodeError, loads_toml, parse_toml_document
+from nodeagent.model.ledger import ConfigTomlRecord, FileRecord
+from nodeagent.model.registries import InvalidRegistry, check_containerd_host, validate_registry_host
+from nodeagent.model.registry_settings import DOCKER_HUB, RegistrySettings, containerd_namespace
 from nodeagent.targets import Rendered
 
 from .hosts import _basic, _host_of

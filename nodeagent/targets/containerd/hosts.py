@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from nodeagent.credentials import RegistryCredential
 from nodeagent.errors import TargetError
-from nodeagent.ledger import FileRecord, HostsTomlRecord
-from nodeagent.registries import decode_auth
-from nodeagent.registry_settings import DOCKER_HUB, RegistrySettings
+from nodeagent.model.credentials import RegistryCredential
+from nodeagent.model.ledger import FileRecord, HostsTomlRecord
+from nodeagent.model.registries import decode_auth
+from nodeagent.model.registry_settings import DOCKER_HUB, RegistrySettings
 
 from .setup import (
     _CAPABILITIES,

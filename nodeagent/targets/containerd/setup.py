@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nodeagent.credentials import EntryProblem
-from nodeagent.decoding import DecodeError, loads_toml, parse_toml_document
 from nodeagent.errors import TargetError
-from nodeagent.ledger import ConfigTomlRecord, FileRecord, HostsTomlRecord
+from nodeagent.model.credentials import EntryProblem
+from nodeagent.model.decoding import DecodeError, loads_toml, parse_toml_document
+from nodeagent.model.ledger import ConfigTomlRecord, FileRecord, HostsTomlRecord
 from nodeagent.targets import FileChange, HostView, Plan
 
 __all__ = [

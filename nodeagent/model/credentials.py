@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nodeagent.decoding import DecodeError, has_surrogate, loads_json
 from nodeagent.errors import InputError
-from nodeagent.registries import MAX_KEY_BYTES, InvalidRegistry, decode_auth, mask_userinfo, normalise_key
+from nodeagent.model.decoding import DecodeError, has_surrogate, loads_json
+from nodeagent.model.registries import MAX_KEY_BYTES, InvalidRegistry, decode_auth, mask_userinfo, normalise_key
 
 __all__ = [
     "MAX_ENTRIES",

@@ -28,10 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from nodeagent.credentials import EntryProblem
-from nodeagent.decoding import DecodeError, loads_toml
 from nodeagent.errors import SettingsError
-from nodeagent.registries import InvalidRegistry, check_containerd_host, validate_registry_host
+from nodeagent.model.credentials import EntryProblem
+from nodeagent.model.decoding import DecodeError, loads_toml
+from nodeagent.model.registries import InvalidRegistry, check_containerd_host, validate_registry_host
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 # The matching rules live in the plugin, which the kubelet runs on the host with the standard
 # library only: doctor's model and the plugin's answers are one implementation.
 from nodeagent.ecr.plugin import DEFAULT_REGISTRY, is_docker_hub_image, keyring_key, url_matches
-from nodeagent.registries import InvalidRegistry, normalise_key
+from nodeagent.model.registries import InvalidRegistry, normalise_key
 
 __all__ = [
     "Match",

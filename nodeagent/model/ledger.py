@@ -1,6 +1,6 @@
 """The ownership ledger: what the agent wrote on this node, so it removes only that.
 
-Pure data and (de)serialisation; :mod:`nodeagent.hostfs` stores it atomically (0600) at
+Pure data and (de)serialisation; :mod:`nodeagent.host.hostfs` stores it atomically (0600) at
 ``<state dir>/state.json``. Foreign originals (entries the agent replaced) are kept here so
 they can be restored; they are node secrets already, held with the same protection.
 
@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from nodeagent.decoding import loads_json
 from nodeagent.errors import InputError
+from nodeagent.model.decoding import loads_json
 
 __all__ = [
     "LEDGER_VERSION",
