@@ -352,7 +352,9 @@ class Option:
     env: str | None = ""
     """The variable's name after ``NODEAGENT_`` ("" derives it from the flag; None: no variable)."""
     fallback_env: str | None = None
-    """A variable read when ours is not set (``NODE_NAME`` and ``POD_NAMESPACE`` from the downward API)."""
+    """A variable read when ours is not set (``POD_NAMESPACE`` from the downward API)."""
+    fallback_first: bool = False
+    """Read ``fallback_env`` before ours (``NODE_NAME``, which the chart sets from the downward API)."""
 
     @property
     def dest(self) -> str:
@@ -381,7 +383,8 @@ class Option:
 
     def from_env(self, environ: Mapping[str, str]) -> tuple[bool, Any]:
         """(True, value) when the environment sets this option; a bad value is a SettingsError."""
-        for name in (self.variable, self.fallback_env):
+        names = (self.fallback_env, self.variable) if self.fallback_first else (self.variable, self.fallback_env)
+        for name in names:
             if name and environ.get(name, ""):
                 try:
                     return True, self.convert(environ[name])
@@ -461,7 +464,8 @@ ECR_OPTIONS = (
 )  # fmt: skip
 NODE_OPTIONS = (
     Option("--kubeconfig", "default: in-cluster config"),
-    Option("--node-name", "this Node's name (default: NODE_NAME, from the downward API)", fallback_env="NODE_NAME"),
+    Option("--node-name", "this Node's name (default: NODE_NAME, from the downward API)", fallback_env="NODE_NAME",
+           fallback_first=True),
     Option("--remove-startup-taint", "remove the nodeagent.io/agent-not-ready taint from this Node once every source "
            "is read and applied", False, switch=True),
 )  # fmt: skip

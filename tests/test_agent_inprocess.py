@@ -20,7 +20,7 @@ import pytest
 
 import nodeagent
 from nodeagent.agent import Agent, RunSettings, SourceSpec
-from nodeagent.config import ObserveSettings, SourcesSettings, SyncSettings
+from nodeagent.config import SyncSettings
 from nodeagent.observe.logging import Redactor
 
 PACKAGE = Path(nodeagent.__file__).resolve().parent
@@ -73,6 +73,8 @@ def _wait_for(predicate: Any) -> None:
 
 @pytest.fixture
 def running(host_root: Path) -> Iterator[tuple[Agent, MemoryAPI]]:
+    from nodeagent.config import ObserveSettings, SourcesSettings
+
     stop = threading.Event()
     api = MemoryAPI(stop)
     settings = RunSettings(
