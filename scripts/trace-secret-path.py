@@ -10,14 +10,13 @@ to another checkout to measure that version (docs/architecture.md records both f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
-
-import importlib.util
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # after PYTHONPATH: another checkout's nodeagent wins when given
