@@ -89,3 +89,13 @@ def test_import_contracts_hold() -> None:
         [str(lint), "--no-cache"], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300, check=False
     )
     assert 0 == result.returncode, result.stdout[-3000:]
+
+
+def test_no_class_is_longer_than_250_lines() -> None:
+    """A class a newcomer can read in one sitting: none is longer than 250 lines (issue 16)."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and (node.end_lineno or 0) - node.lineno + 1 > 250:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.name}")
+    assert [] == long

@@ -29,7 +29,7 @@ from nodeagent.observe.metrics import Metrics
 from nodeagent.reconcile import sync
 from nodeagent.sources import SourceUpdate
 from nodeagent.sources.files import DirectoryWatch, FileWatcher
-from nodeagent.sources.kube import NodeWatcher, SecretWatcher
+from nodeagent.sources.watchers import start_watchers
 
 from .book import SourceBook
 from .drift import DriftGuard
@@ -156,30 +156,11 @@ class Agent:
 
     # -- wiring ----------------------------------------------------------------------------------
     def _start_sources(self) -> None:
-        on_start = self.metrics.watch_starts.labels
-        retry = self.settings.sources.forbidden_retry
-        for spec in self.settings.sources.specs:
-            if spec.kind == "file":
-                watcher: Any = FileWatcher(spec.ref, self.on_update)
-            elif self.api is None:
-                raise NodeagentError("a --secret source needs API access")
-            else:
-                namespace, name = spec.ref.split("/", 1)
-                watcher = SecretWatcher(
-                    api=self.api, namespace=namespace, name=name, sink=self.on_update,
-                    on_start=lambda label: on_start(label).inc(), stop=self.stop, forbidden_retry=retry,
-                )  # fmt: skip
-            self._watchers.append(watcher)
-            watcher.start()
-            if spec.kind == "file":
-                on_start(watcher.label).inc()
-        if self.api is not None and self.settings.node_name:
-            node = NodeWatcher(
-                api=self.api, name=self.settings.node_name, on_labels=self.on_node,
-                on_start=lambda label: on_start(label).inc(), stop=self.stop, forbidden_retry=retry,
-            )  # fmt: skip
-            self._watchers.append(node)
-            node.start()
+        start_watchers(
+            self.settings.sources.specs, api=self.api, sink=self.on_update, node_name=self.settings.node_name,
+            on_node=self.on_node, stop=self.stop, forbidden_retry=self.settings.sources.forbidden_retry,
+            on_start=lambda label: self.metrics.watch_starts.labels(label).inc(), into=self._watchers,
+        )  # fmt: skip
 
     def _start_file_watches(self) -> list[DirectoryWatch]:
         """The kubelet's config.json (drift) and --registry-config (reload on change)."""

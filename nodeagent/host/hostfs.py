@@ -52,8 +52,10 @@ def _describe(exc: OSError) -> str:
     return f"{name}: {os.strerror(exc.errno)}" if exc.errno else str(exc)
 
 
-class HostFS:
-    """Reads and writes host files under ``root`` (the ``--host-root``)."""
+class DirectoryWalk:
+    """Host paths under ``root`` (the ``--host-root``), and the descriptor walk every operation
+    starts from: each directory opened from the root one component at a time, each with
+    ``O_NOFOLLOW|O_DIRECTORY`` relative to its parent's descriptor."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
@@ -169,7 +171,10 @@ class HostFS:
         finally:
             os.close(fd)
 
-    # -- public operations -----------------------------------------------------------------
+
+class HostFS(DirectoryWalk):
+    """Reads and writes host files under ``root``: the one writer of node files."""
+
     def read(self, host_path: str) -> bytes | None:
         """The file's bytes, or None when it (or its directory) does not exist."""
         parent, name = self._split(host_path)
