@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 from nodeagent.ecr.plugin import API_VERSIONS, CACHE_FILE, MIN_REMAINING
-from nodeagent.model.decoding import DecodeError, loads_json, loads_yaml
-from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE, STATIC_PLUGIN_NAME
+from nodeagent.errors import TargetError
+from nodeagent.model.decoding import DecodeError, loads_json
+from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE, STATIC_PLUGIN_NAME, load_provider_config
 
 from .base import Checks
 from .facts import _minor
@@ -36,18 +37,19 @@ class ProviderChecks(Checks):
                 "nodeagent install-provider, or run the agent with --ecr",
             )
             return
-        try:
-            document = loads_json(content) if config_path.endswith(".json") else loads_yaml(content)
-            providers = {p["name"]: p for p in document.get("providers", [])}
-        except (DecodeError, AttributeError, KeyError, TypeError):
+        try:  # the provider target's own reader: what it refuses to merge into, doctor reports
+            fmt = "json" if config_path.endswith(".json") else "yaml"
+            document = load_provider_config(content, config_path, fmt)
+        except TargetError as exc:
             self.add(
                 "provider.config-unparseable",
                 "error",
-                f"{config_path} is not a CredentialProviderConfig",
-                "the kubelet fails to start or ignores it",
+                f"{config_path} is not a usable CredentialProviderConfig: {exc.reason}",
+                "the kubelet fails to start or ignores it, and the agent will not merge into it",
                 "fix the file",
             )
             return
+        providers = {p["name"]: p for p in document.get("providers", []) if isinstance(p, dict) and "name" in p}
         ours = {name: providers[name] for name in (PLUGIN_NAME, STATIC_PLUGIN_NAME) if name in providers}
         if not ours:
             self.add(

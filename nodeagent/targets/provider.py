@@ -43,6 +43,7 @@ __all__ = [
     "Rendered",
     "catch_all_images",
     "ecr_entry",
+    "load_provider_config",
     "match_images",
     "plugin_bytes",
     "provider_config_problem",
@@ -208,7 +209,9 @@ def render_credentials_file(
     return (json.dumps({"version": CREDENTIALS_VERSION, "entries": entries}, indent=1) + "\n").encode()
 
 
-def _load(current: bytes, path: str, fmt: str) -> dict[str, Any]:
+def load_provider_config(current: bytes, path: str, fmt: str) -> dict[str, Any]:
+    """The node's CredentialProviderConfig as the agent reads it before a merge (and doctor before a
+    check): a TargetError names what is wrong, including what the kubelet itself would refuse."""
     try:
         document = loads_json(current) if fmt == "json" else loads_yaml(current)
     except DecodeError as exc:
@@ -286,7 +289,7 @@ def render_provider_config(
     old = record or ProviderConfigRecord(created=current is None)
     if current is None and not entries:
         return Rendered(None, ProviderConfigRecord())
-    document = _load(current, path, fmt) if current is not None else {}
+    document = load_provider_config(current, path, fmt) if current is not None else {}
     providers = [p for p in document.get("providers", []) if not (isinstance(p, dict) and p.get("name") in old.owned)]
     new = ProviderConfigRecord(created=old.created or current is None)
     names = [entry["name"] for entry in entries or ()]
