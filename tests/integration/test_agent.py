@@ -72,6 +72,8 @@ def test_rejected_entry_named_rest_applies(kube: FakeKube, start_agent: Start) -
     kube.put_secret(NS, NAME, data={".dockerconfigjson": json.dumps(data).encode()})
     agent = start_agent("--secret", f"{NS}/{NAME}")
     wait_for(lambda: agent.passwords() == {"good.example.com": PW1}, "good entry")
+    # The pass logs after it writes: wait for the log line rather than read it at once.
+    wait_for(lambda: agent.events("entry_rejected"), "rejection logged")
     assert ["bad.example.com"] == [e["registry"] for e in agent.events("entry_rejected")][:1]
 
 
@@ -227,7 +229,7 @@ def test_sources_merge_in_order(tmp_path: Path, kube: FakeKube, start_agent: Sta
     override.write_bytes(dockerconfig({"r.example.com": PW2}))
     agent = start_agent("--secret", f"{NS}/{NAME}", "--from-file", str(override))
     wait_for(lambda: agent.passwords() == {"r.example.com": PW2, "s.example.com": PW1}, "merged")
-    assert agent.events("registry_conflict")
+    wait_for(lambda: agent.events("registry_conflict"), "conflict logged")  # logged after the write
 
 
 def test_sigterm_exits_cleanly(kube: FakeKube, start_agent: Start) -> None:

@@ -98,7 +98,7 @@ def test_rotation_and_settings_edits_reach_containerd(kube: FakeKube, start_agen
     fake = subprocess.Popen([str(binary), "--config", "/etc/containerd/config.toml"])
     try:
         wait_for(lambda: agent.metric("nodeagent_containerd_restart_pending") == 0, "restart observed")
-        assert agent.events("containerd_restart_observed")
+        wait_for(lambda: agent.events("containerd_restart_observed"), "logged")  # logged after the metric
     finally:
         fake.kill()
         fake.wait()
