@@ -1,6 +1,8 @@
 """Sources -> desired state -> plan -> apply, for one pass (``sync``) and for ``cleanup``.
 
-The plan is computed from pure renderers; only :class:`~nodeagent.host.hostfs.HostFS` touches the host.
+Each enabled target (``targets``) plans its files from a read-only view of the host, the desired
+state and its own ledger records (pure); one failure policy decides which target's failure fails
+the pass; only :class:`~nodeagent.host.hostfs.HostFS` touches the host.
 Order of writes for crash safety: the ledger is first written with the union of old and new
 ownership (so a crash never leaves an agent entry that looks foreign), then the target files,
 then the final ledger.
