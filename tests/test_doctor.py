@@ -777,6 +777,7 @@ _HOSTILE = st.one_of(
             b"providers: 5",
             b"providers: [5]",
             b"providers: [{name: nodeagent-credential-provider, args: 7}]",
+            b"providers: [{name: [1]}, {name: {a: 1}}]",
             b"kind: CredentialProviderConfig\nproviders:\n- {name: nodeagent-ecr-credential-provider, apiVersion: 5}",
             b'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = 5',
             b"version = 3\nimports = 5",

@@ -126,6 +126,9 @@ NODE_CONFIGS = {
     "token-attributes-v1alpha1": {"providers": [{**PROVIDER, "apiVersion": f"{PLUGIN_API}/v1alpha1", **TOKENS}]},
     "unknown-token-attribute": {"providers": [{**PROVIDER, "tokenAttributes": {**TOKEN_ATTRIBUTES, "x": 1}}]},
     "duplicate-names": {"providers": [PROVIDER, PROVIDER]},
+    "name-a-list": {"providers": [{**PROVIDER, "name": ["own-plugin"]}]},
+    "name-an-object": {"providers": [{**PROVIDER, "name": {"a": 1}}]},
+    "name-a-number": {"providers": [{**PROVIDER, "name": 5}]},
 }
 
 

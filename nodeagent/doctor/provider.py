@@ -49,7 +49,11 @@ class ProviderChecks(Checks):
                 "fix the file",
             )
             return
-        providers = {p["name"]: p for p in document.get("providers", []) if isinstance(p, dict) and "name" in p}
+        providers = {
+            p["name"]: p
+            for p in document.get("providers", [])
+            if isinstance(p, dict) and isinstance(p.get("name"), str)
+        }
         ours = {name: providers[name] for name in (PLUGIN_NAME, STATIC_PLUGIN_NAME) if name in providers}
         if not ours:
             self.add(

@@ -251,7 +251,8 @@ _TOKEN_FIELDS = frozenset(
 def provider_config_problem(document: dict[str, Any]) -> str | None:
     """Why the kubelet (1.34) would refuse a CredentialProviderConfig at start, for the classes a
     merge could carry along: unknown fields (its decoder is strict), ``tokenAttributes`` under a
-    plugin apiVersion other than v1, duplicate provider names. None when none applies. A model for
+    plugin apiVersion other than v1, a provider name that is not a string, duplicate provider names.
+    None when none applies. A model for
     run time, compared with the kubelet's own loader in tests/test_kubelet_real.py."""
     unknown = sorted(set(document) - _CONFIG_FIELDS)
     if unknown:
@@ -273,6 +274,8 @@ def provider_config_problem(document: dict[str, Any]) -> str | None:
             if provider.get("apiVersion") != PROVIDER_API_VERSION:
                 return f"providers[{index}].tokenAttributes needs apiVersion {PROVIDER_API_VERSION}"
         name = provider.get("name")
+        if name is not None and not isinstance(name, str):
+            return f"providers[{index}].name is not a string"
         if isinstance(name, str):
             if name in names:
                 return f"provider name {name!r} is given twice"
