@@ -291,7 +291,7 @@ def _settings(
     provider: ProviderSettings | None = None,
 ) -> SyncSettings:
     return SyncSettings(
-        host_root=args.host_root or default_host_root({}),
+        host_root=args.host_root or default_host_root(),
         kubelet_root_dir=args.kubelet_root_dir,
         state_dir=args.state_dir,
         from_files=tuple(files),

@@ -38,11 +38,9 @@ CONTAINER_HOST_ROOT = "/host"
 """Where the Helm chart mounts the host directories inside the agent container."""
 
 
-def default_host_root(env: Mapping[str, str] | None = None) -> str:
-    """``$NODEAGENT_HOST_ROOT``, else ``/host`` inside the agent container, else ``/`` on a node."""
-    env = os.environ if env is None else env
-    if env.get("NODEAGENT_HOST_ROOT"):
-        return env["NODEAGENT_HOST_ROOT"]
+def default_host_root() -> str:
+    """When neither ``--host-root`` nor ``NODEAGENT_HOST_ROOT`` is given: ``/host`` inside the
+    agent container, else ``/`` on a node."""
     return CONTAINER_HOST_ROOT if os.path.isdir(CONTAINER_HOST_ROOT) else "/"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -82,6 +83,7 @@ def main() -> None:
     recording.clear()
     agent.shutdown()
     thread.join(timeout=30)
+    shutil.rmtree(host.parent, ignore_errors=True)
     files = sorted({f for f, _ in calls})
     sys.stderr.write(
         json.dumps(

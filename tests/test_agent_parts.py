@@ -73,7 +73,7 @@ def test_a_change_wakes_the_loop_and_a_quiet_one_waits_for_the_resync() -> None:
     assert Pending() == loop.take()  # taken once
     loop.passed(True)
     now[0] += 599
-    assert loop.wait() is False  # nothing changed, resync not due yet (wait times out at 0: clock is frozen)
+    assert loop.wait() is False  # nothing changed: the wait times out (1 s) and the resync is not due yet
     now[0] += 1
     assert loop.wait() is True
 
