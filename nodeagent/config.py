@@ -405,8 +405,8 @@ LOG_OPTIONS = (
 CONTAINERD_OPTIONS = (
     Option("--containerd-preset", "where the node's containerd config is (k3s/rke2: under /var/lib/rancher)",
            choices=tuple(sorted(CONTAINERD_PRESETS))),
-    Option("--containerd-config", "containerd's config.toml on the host (default with the kubeadm preset: "
-           "/etc/containerd/config.toml)", metavar="PATH"),
+    Option("--containerd-config", "containerd's config.toml on the host (default: the preset's, else "
+           "/etc/containerd/config.toml; doctor looks for the running containerd's --config first)", metavar="PATH"),
     Option("--registry-config", "TOML with per-registry CA, client TLS, skip_verify, mirrors and containerd_auth "
            "(writes hosts.toml)", metavar="PATH"),
     Option("--containerd-auth", "also write credentials into containerd's config.toml (needs a containerd restart "
