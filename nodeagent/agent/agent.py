@@ -112,16 +112,21 @@ class Agent:
             self.log.info("node_labels_updated", labels=len(labels))
             self.loop.changed()
 
+    def _kubelet_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.lstat(self.hostfs.real_path(self.settings.sync.kubelet_config))
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def _on_drift(self, received: float) -> None:
         if self.drift.paused(self.clock()):
             return
         path = self.settings.sync.kubelet_config
-        try:
-            st = os.lstat(self.hostfs.real_path(path))
-            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
-            stamp = None
-        if stamp != self.hostfs.written.get(path):  # else the event was the agent's own rename
+        stamp = self._kubelet_stamp()
+        # The version the agent last wrote or read (a restart on a current node only reads): the
+        # event was the agent's own.
+        if stamp != self.hostfs.known.get(path):
             self.loop.drifted()
 
     def shutdown(self) -> None:
@@ -237,6 +242,7 @@ class Agent:
     def _pass(self) -> bool:
         """One pass; a failure (or an exception no layer anticipated) is retried, never fatal."""
         pending = self.loop.take()
+        self.metrics.passes.labels(pending.cause).inc()
         try:
             ok = self._apply(pending)
         except Exception as exc:

@@ -10,19 +10,25 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["Loop", "Pending"]
+__all__ = ["Loop", "PassCause", "Pending"]
 
 MAX_WAIT = 5.0
 """The longest single wait: the agent's heartbeat and startup-taint retries tick at least this often."""
 
 
+PassCause = Literal["change", "drift", "retry", "resync"]
+
+
 @dataclass(frozen=True)
 class Pending:
-    """What a pass takes in: since when a change waits (None: none), and whether a file drifted."""
+    """What a pass takes in: since when a change waits (None: none), whether a file drifted, and
+    why the pass runs (``change`` wins over ``drift``, then a due ``retry``, else the ``resync``)."""
 
     since: float | None = None
     drift: bool = False
+    cause: PassCause = "resync"
 
 
 class Loop:
@@ -65,7 +71,14 @@ class Loop:
     def take(self) -> Pending:
         """The changes a pass is about to apply (cleared; :meth:`passed` gives them back on failure)."""
         with self._lock:
-            pending = Pending(self._since, self._drift)
+            cause: PassCause = "resync"
+            if self._since is not None:
+                cause = "change"
+            elif self._drift:
+                cause = "drift"
+            elif self._retry_at is not None:
+                cause = "retry"
+            pending = Pending(self._since, self._drift, cause)
             self._since, self._drift = None, False
         return pending
 

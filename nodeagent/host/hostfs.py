@@ -60,9 +60,10 @@ class DirectoryWalk:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.stats = WriteStats()
-        self.written: dict[str, tuple[int, int, int]] = {}
-        """(inode, mtime_ns, size) of each file as this writer last wrote it: a later change to
-        the file that does not match is someone else's (drift), even an in-place edit."""
+        self.known: dict[str, tuple[int, int, int]] = {}
+        """(inode, mtime_ns, size) of each file as this writer last wrote or read it: a later
+        change to the file that does not match is someone else's (drift), even an in-place edit;
+        one that matches is a version a pass already saw (the agent's own write or read)."""
         self._swept: set[str] = set()
 
     # -- paths -----------------------------------------------------------------------------
@@ -149,8 +150,7 @@ class DirectoryWalk:
             raise NotARegularFile(host_path, "is not a regular file (a directory or special file)")
         return st
 
-    @staticmethod
-    def _read_at(host_path: str, name: str, dirfd: int) -> bytes | None:
+    def _read_at(self, host_path: str, name: str, dirfd: int) -> bytes | None:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dirfd)
         except FileNotFoundError:
@@ -160,11 +160,13 @@ class DirectoryWalk:
                 raise SymlinkRefused(host_path, "is a symlink; refusing to follow it") from exc
             raise HostFSError(host_path, f"cannot open: {_describe(exc)}") from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise NotARegularFile(host_path, "is not a regular file")
             chunks = []
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
+            self.known[host_path] = (st.st_ino, st.st_mtime_ns, st.st_size)
             return b"".join(chunks)
         except OSError as exc:
             raise HostFSError(host_path, f"cannot read: {_describe(exc)}") from exc
@@ -283,7 +285,7 @@ class HostFS(DirectoryWalk):
             finally:
                 os.close(fd)
             os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-            self.written[host_path] = written
+            self.known[host_path] = written
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dirfd)

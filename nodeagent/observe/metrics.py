@@ -16,6 +16,12 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.syncs = Counter("nodeagent_syncs_total", "Reconcile passes by result", ["result"], registry=r)
+        self.passes = Counter(
+            "nodeagent_passes_total",
+            "Reconcile passes by cause (change, drift, retry, resync): an idle agent adds only resyncs",
+            ["cause"],
+            registry=r,
+        )
         self.last_success = Gauge(
             "nodeagent_last_success_timestamp_seconds", "Unix time of the last successful pass", registry=r
         )

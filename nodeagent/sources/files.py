@@ -3,7 +3,7 @@
 The kubelet updates a Secret volume atomically: it writes a new timestamped directory, points a
 ``..data_tmp`` symlink at it and renames that over ``..data``; the file the agent reads is a
 symlink through ``..data``. So the agent watches the file's *directory* (not the file), treats
-any event there as "maybe changed", waits for the burst to settle (debounce), re-reads the file
+any change there as "maybe changed", waits for the burst to settle (debounce), re-reads the file
 and reports only when its bytes really changed.
 """
 
@@ -23,17 +23,23 @@ from nodeagent.model.credentials import MAX_INPUT_BYTES, parse_docker_config
 from nodeagent.observe.logging import get_logger
 from nodeagent.sources import SourceUpdate, UpdateSink
 
-__all__ = ["DEBOUNCE_SECONDS", "DirectoryWatch", "FileWatcher"]
+__all__ = ["CHANGE_EVENTS", "DEBOUNCE_SECONDS", "DirectoryWatch", "FileWatcher"]
 
 DEBOUNCE_SECONDS = 0.1
 """The kubelet's swap is a handful of syscalls; 100 ms folds one update into one read."""
 
+CHANGE_EVENTS = frozenset({"created", "deleted", "modified", "moved", "closed"})
+"""The watchdog event types that mean a file may have changed. watchdog 5+ also reports plain
+reads (``opened``, ``closed_no_write``): counting those made the agent wake on its own reads of
+the files it watches, a pass that read the file again, and so on (about 9.5 passes a second)."""
+
 
 class DirectoryWatch(FileSystemEventHandler):
-    """Calls ``callback(first_event_time)`` once per burst of events in some directories (debounced).
+    """Calls ``callback(first_event_time)`` once per burst of changes in some directories (debounced);
+    reads are not changes (:data:`CHANGE_EVENTS`).
 
     With ``names``, only events on those file names count (the drift watch on the kubelet's busy
-    root dir); without, any event does (a Secret volume's ``..data`` swap touches other names).
+    root dir); without, any change does (a Secret volume's ``..data`` swap touches other names).
     """
 
     def __init__(
@@ -56,6 +62,8 @@ class DirectoryWatch(FileSystemEventHandler):
         self._thread = threading.Thread(target=self._loop, daemon=True, name="debounce")
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in CHANGE_EVENTS:
+            return
         if self._names is not None:
             paths = [event.src_path, getattr(event, "dest_path", "")]
             if not any(os.path.basename(os.fsdecode(p)) in self._names for p in paths if p):
