@@ -69,8 +69,8 @@ def test_a_change_wakes_the_loop_and_a_quiet_one_waits_for_the_resync() -> None:
     loop = _loop(now)
     loop.changed(since=99.0)
     assert loop.wait() is True
-    assert Pending(since=99.0, drift=False) == loop.take()
-    assert Pending() == loop.take()  # taken once
+    assert Pending(since=99.0, drift=False, cause="change") == loop.take()
+    assert Pending(cause="resync") == loop.take()  # taken once
     loop.passed(True)
     now[0] += 599
     assert loop.wait() is False  # nothing changed: the wait times out (1 s) and the resync is not due yet
@@ -92,7 +92,11 @@ def test_a_failed_pass_retries_with_backoff_and_keeps_its_changes() -> None:
         due = min(t for t in (loop._retry_at, loop._next_resync) if t is not None)
         delays.append(due - now[0])
     assert [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0] == delays
-    assert Pending(since=-1.0, drift=True) == loop.take()  # the earliest start, and the drift, kept
+    assert Pending(since=-1.0, drift=True, cause="change") == loop.take()  # the earliest start, and the drift, kept
+    loop.passed(False)
+    assert Pending(cause="retry") == loop.take()
+    loop.drifted()
+    assert Pending(drift=True, cause="drift") == loop.take()
     loop.passed(True)
     assert loop._retry_at is None
 
