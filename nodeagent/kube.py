@@ -40,6 +40,9 @@ class KubeAPI(Protocol):
     def get_node(self, name: str) -> dict[str, Any]:
         """The Node (raw JSON)."""
 
+    def list_node(self, name: str) -> tuple[dict[str, Any] | None, str]:
+        """The Node (raw JSON) or None, and the list's resourceVersion (a watch starts there)."""
+
     def patch_node_annotations(self, name: str, annotations: dict[str, str | None]) -> None:
         """Merge-patch the Node's annotations (None deletes a key)."""
 
@@ -95,15 +98,21 @@ class KubernetesClient:
             raise KubeError(what, None, type(exc).__name__) from None
 
     def list_secret(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
+        what = f"list secret {namespace}/{name}"
         response = self._call(
-            f"list secret {namespace}/{name}",
-            self._core.list_namespaced_secret,
-            namespace,
-            field_selector=f"metadata.name={name}",
+            what, self._core.list_namespaced_secret, namespace, field_selector=f"metadata.name={name}"
         )
-        body = self._decode(f"list secret {namespace}/{name}", response.data)
+        return self._one_item(what, response.data)
+
+    def list_node(self, name: str) -> tuple[dict[str, Any] | None, str]:
+        what = f"list node {name}"
+        return self._one_item(what, self._call(what, self._core.list_node, field_selector=f"metadata.name={name}").data)
+
+    def _one_item(self, what: str, data: bytes) -> tuple[dict[str, Any] | None, str]:
+        body = self._decode(what, data)
         items = body.get("items") or []
-        return (items[0] if items else None), str(body.get("metadata", {}).get("resourceVersion", ""))
+        item = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else None
+        return item, str((body.get("metadata") or {}).get("resourceVersion", ""))
 
     def watch(
         self, path: str, *, name: str, resource_version: str, timeout_seconds: int, read_timeout: float

@@ -396,8 +396,15 @@ class _Handler(BaseHTTPRequestHandler):
         if watch:
             self._stream("nodes", "", name or self._field_name(query), query)
             return
+        if name is None:  # a list (the agent's: by fieldSelector, one name)
+            wanted = self._field_name(query)
+            with kube._lock:
+                items = [copy.deepcopy(n) for key, n in kube._nodes.items() if wanted in (None, key)]
+                body = {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": str(kube._rv)}}
+            self._send_json(200, {**body, "items": items})
+            return
         with kube._lock:
-            node = copy.deepcopy(kube._nodes.get(name or ""))
+            node = copy.deepcopy(kube._nodes.get(name))
         if node is None:
             self._error(404, "NotFound", f'nodes "{name}" not found')
         else:

@@ -170,9 +170,11 @@ def kubelet_lookup(root_dir: Path, image: str) -> list[tuple[str, str]]:
     return [_pair(c) for c in json.loads(result.stdout)["credentials"]]
 
 
-def kubelet_check_provider_config(path: Path) -> subprocess.CompletedProcess[str]:
-    """Whether the kubelet 1.34 would load a CredentialProviderConfig (exit 0), else its error."""
-    return _kubelet("check-provider-config", str(path))
+def kubelet_check_provider_config(path: Path, bin_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Whether the kubelet 1.34 would load a CredentialProviderConfig (exit 0), else its error:
+    ``path`` a file or a directory it merges; with ``bin_dir``, the plugins must exist there."""
+    extra = ["--bin-dir", str(bin_dir)] if bin_dir is not None else []
+    return _kubelet("check-provider-config", *extra, str(path))
 
 
 def kubelet_provide(
@@ -279,6 +281,29 @@ class RealAPIServer:
             "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
         }))  # fmt: skip
         return path
+
+    def restart(self) -> None:
+        """Stop kube-apiserver alone and start it again on the same port and keys (etcd stays)."""
+        script = str(REPO / "scripts/kube-apiserver.sh")
+        result = subprocess.run([script, "restart", str(self.dir)], capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            pytest.fail(f"kube-apiserver did not restart:\n{result.stderr[-3000:]}")
+
+    def requests_by(self, user: str, since: float, until: float) -> list[tuple[float, str, str]]:
+        """(time, verb, resource) of every request ``user`` made in [since, until) (Unix time), as
+        the server's audit log records them: one entry a request, watches included."""
+        import datetime
+
+        seen: dict[str, tuple[float, str, str]] = {}
+        for line in (self.dir / "audit.log").read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("user", {}).get("username") != user:
+                continue
+            when = datetime.datetime.fromisoformat(entry["requestReceivedTimestamp"].replace("Z", "+00:00"))
+            at = when.timestamp()
+            if since <= at < until:
+                seen[entry["auditID"]] = (at, entry["verb"], (entry.get("objectRef") or {}).get("resource", ""))
+        return sorted(seen.values())
 
     def stop(self) -> None:
         subprocess.run([str(REPO / "scripts/kube-apiserver.sh"), "down", str(self.dir)], timeout=120, check=False)

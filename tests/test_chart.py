@@ -216,7 +216,7 @@ def test_features_off_grant_less() -> None:
     objects = render(FEATURES["minimal-rbac"])
     assert [] == [r for r in only(objects, "Role") if r["metadata"]["name"].endswith("-events")]
     (nodes,) = only(objects, "ClusterRole")
-    assert ["get", "watch"] == [v for rule in nodes["rules"] for v in rule["verbs"]]
+    assert ["get", "list", "watch"] == [v for rule in nodes["rules"] for v in rule["verbs"]]
     env = {e["name"]: e.get("value") for e in container(objects)["env"]}
     assert ("false", "false") == (env["NODEAGENT_EVENTS"], env["NODEAGENT_ANNOTATIONS"])
 
@@ -225,7 +225,7 @@ def test_node_patch_is_off_by_default_and_fenced_when_on() -> None:
     """By default the agent cannot patch Nodes; with annotations on, the patch comes with a
     ValidatingAdmissionPolicy bound for the agent's own service account only."""
     (nodes,) = only(render({}), "ClusterRole")
-    assert ["get", "watch"] == [v for rule in nodes["rules"] for v in rule["verbs"]]
+    assert ["get", "list", "watch"] == [v for rule in nodes["rules"] for v in rule["verbs"]]
     objects = render({"annotations": {"enabled": True}})
     (policy,) = only(objects, "ValidatingAdmissionPolicy")
     (binding,) = only(objects, "ValidatingAdmissionPolicyBinding")

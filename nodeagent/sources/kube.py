@@ -6,8 +6,14 @@ cleanly after a server-side ``timeoutSeconds`` (jittered, so a fleet of agents d
 reconnect in step) and is resumed from the last resourceVersion seen, bookmarks included. The
 client read timeout (90 s) is longer than the bookmark interval (about 60 s on a real server),
 so a silent but healthy watch is never mistaken for a dead one. ``410 Gone`` (HTTP status or
-ERROR event) means re-list. Connection failures, 5xx and 429 back off exponentially with jitter
-up to 30 s (honouring ``Retry-After``); 401/403 are reported with an RBAC hint and retried slowly.
+ERROR event) means list again, for a current resourceVersion; any other failure resumes the watch
+from the last resourceVersion seen, without a list. Every retry waits (1 s doubling to 30 s, with
+jitter, ``Retry-After`` honoured), and the delay resets only after two minutes without a failure,
+never because a list worked: a restarted API server costs each agent one list and one watch per
+object, not a relist loop (:data:`BACKOFF_RESET`). 401/403 are reported with an RBAC hint and
+retried slowly. The Node is listed by ``fieldSelector`` like a Secret, so its watch starts from
+the list's resourceVersion (current), never from the object's own (which may be older than any
+watch cache holds: a GET's version made every watch after an API server restart a 410).
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ WATCH_TIMEOUT_RANGE = (240, 360)
 
 READ_TIMEOUT = 90.0
 """Client inactivity limit: longer than the ~60 s bookmark interval of a real API server."""
+
+BACKOFF_BASE, BACKOFF_CAP, BACKOFF_RESET = 1.0, 30.0, 120.0
+"""Watch retries: 1 s doubling to 30 s with jitter, back to 1 s only after two minutes without a
+failure (client-go's reflector: 800 ms, 30 s, 2 min). A list that works does not reset it: one
+API server restart then costs each agent a list and a watch, not a relist loop across the fleet."""
 
 FORBIDDEN_RETRY = 60.0
 """Default: 401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
@@ -75,8 +86,9 @@ class _Watcher(threading.Thread):
         self.watching = False
         self._on_start = on_start
         self._rng = random.Random()  # noqa: S311 - jitter only
-        self._backoff = Backoff(rng=self._rng)
+        self._backoff = Backoff(base=BACKOFF_BASE, cap=BACKOFF_CAP, rng=self._rng, reset_after=BACKOFF_RESET)
         self._last_rv: str | None = None
+        self.resume_rv = ""
         self.log = get_logger(watch=self.label)
 
     @property
@@ -99,30 +111,42 @@ class _Watcher(threading.Thread):
         self._apply(event_type, obj)
 
     def run(self) -> None:
+        rv: str | None = None  # None: list first (at start, and after a 410)
         while not self.stop.is_set():
             try:
-                obj, list_rv = self._list()
-                self._backoff.reset()  # the API answered: the next failure starts from the base delay
-                self._accept(obj, "LIST")
-                self._watch_from(list_rv)
+                if rv is None:
+                    obj, rv = self._list()
+                    self._accept(obj, "LIST")
+                rv = self._watch_from(rv)
             except _Relist:
+                # The resourceVersion is gone (compaction, or a restarted server's new watch
+                # cache): list again for a current one, after the same backoff as any failure,
+                # so a server that keeps answering 410 is not asked in a loop.
+                rv = None
                 self.watching = False
-                self.log.info("watch_expired_relisting")
-                self.stop.wait(self._rng.uniform(0, 0.2))
+                delay = self._backoff.next()
+                self.log.info("watch_expired_relisting", retry_in_s=round(delay, 2))
+                self.stop.wait(delay)
             except KubeError as exc:
                 self.watching = False
+                rv = None if exc.status == 410 or rv is None else self.resume_rv
                 self._failed(exc)
             except Exception as exc:
                 # A bug or an input no parser anticipated: say so, back off and list again; the
                 # thread never dies of it (a dead watcher would stop rotation on every node).
                 if self.stop.is_set():
                     return  # shutting down: whatever failed, nothing is to be reported or retried
+                rv = None
                 self.watching = False
                 delay = self._backoff.next()
                 self.log.error("watch_crashed", error_type=type(exc).__name__, retry_in_s=round(delay, 2))
                 self.stop.wait(delay)
 
-    def _watch_from(self, rv: str) -> None:
+    def _watch_from(self, rv: str) -> str:
+        """Watch from ``rv`` until the server ends the watch; the last resourceVersion seen. A
+        failure mid-stream is raised with ``self.resume_rv`` set, so the watch resumes from there
+        without a list (only a 410 needs one)."""
+        self.resume_rv = rv
         self._on_start(self.label)
         while not self.stop.is_set():
             self.watching = True
@@ -131,28 +155,30 @@ class _Watcher(threading.Thread):
                 self.path, name=self.obj_name, resource_version=rv, timeout_seconds=timeout, read_timeout=READ_TIMEOUT
             ):
                 if self.stop.is_set():
-                    return
+                    return rv
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     code = obj.get("code")
                     if code == 410:
                         raise _Relist()
+                    retry_after = ((obj.get("details") or {}).get("retryAfterSeconds")) or None
                     raise KubeError(
-                        f"watch {self.label}", code if isinstance(code, int) else None, str(obj.get("reason"))
+                        f"watch {self.label}",
+                        code if isinstance(code, int) else None,
+                        str(obj.get("reason")),
+                        float(retry_after) if isinstance(retry_after, int) else None,
                     )
                 new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
                 if kind == "BOOKMARK":
-                    rv = new_rv
+                    rv = self.resume_rv = new_rv
                     continue
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self._accept(obj, str(kind))
                     if newer_or_equal(new_rv, rv):
-                        rv = new_rv
-            self._backoff.reset()
+                        rv = self.resume_rv = new_rv
+        return rv
 
     def _failed(self, exc: KubeError) -> None:
-        if exc.status == 410:
-            return
         if exc.status in (401, 403):
             self._refused(exc)
             delay = self._rng.uniform(self.forbidden_retry / 2, self.forbidden_retry)
@@ -254,15 +280,14 @@ class NodeWatcher(_Watcher):
     ) -> None:
         self._on_labels = on_labels
         super().__init__(api=api, name=name, stop=stop, on_start=on_start, forbidden_retry=forbidden_retry)
-        self.rbac_hint = "grant get and watch on nodes to the agent's service account (a ClusterRole)"
+        self.rbac_hint = "grant get, list and watch on nodes to the agent's service account (a ClusterRole)"
 
     @property
     def label(self) -> str:
         return f"node:{self.obj_name}"
 
     def _list(self) -> tuple[dict[str, Any] | None, str]:
-        node = self.api.get_node(self.obj_name)
-        return node, str((node.get("metadata") or {}).get("resourceVersion") or "")
+        return self.api.list_node(self.obj_name)
 
     def _apply(self, event_type: str, obj: dict[str, Any] | None) -> None:
         if obj is None or event_type == "DELETED":
