@@ -150,6 +150,20 @@ def test_an_applied_pass_is_reported_and_annotated_once_per_revision() -> None:
     assert 2.0 == status.metrics.registry.get_sample_value("nodeagent_syncs_total", {"result": "success"})
 
 
+def test_a_conflict_is_one_event_when_it_appears() -> None:
+    """A file left as it is (a provider config the kubelet would refuse) is a SyncConflict Event
+    when the conflict appears, not again on every pass that still sees it."""
+    api, log = API(), Log()
+    status = _status(api, log)
+    status.poster.start()
+    conflict = EntryProblem("*", None, "not changed: the kubelet would refuse it", "/etc/kubernetes/providers")
+    for _ in range(3):
+        status.pass_done(SyncReport(conflicts=(conflict,)), changes=0, latency=None, held_because=[], sources={})
+    status.poster.stop(timeout=5)
+    (event,) = [e for e in api.events if e["reason"] == "SyncConflict"]
+    assert "/etc/kubernetes/providers" in event["message"]
+
+
 def test_rejected_entries_count_as_partial_but_pending_ecr_tokens_do_not() -> None:
     api, log = API(), Log()
     status = _status(api, log)

@@ -56,6 +56,20 @@ def _scoped(entries: dict[str, str], namespaces: str) -> ParseResult:
     return parse_secret(secret, source="secret:nodeagent/scoped")
 
 
+PROVIDER_FILE_OF_THE_NODE = {
+    "apiVersion": "kubelet.config.k8s.io/v1",
+    "kind": "CredentialProviderConfig",
+    "providers": [
+        {
+            "name": "ecr-credential-provider",
+            "matchImages": ["*.dkr.ecr.*.amazonaws.com"],
+            "defaultCacheDuration": "12h",
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+        }
+    ],
+}
+
+
 class Node:
     """A sandbox node with the credential provider installed by the agent."""
 
@@ -205,20 +219,33 @@ def test_a_source_of_unknown_state_keeps_what_the_provider_serves(tmp_path: Path
     assert [("user-a", "a")] == kubelet_provide(node.config_path, node.bin_dir, "r.example.com/app")
 
 
-def test_cleanup_removes_the_provider(tmp_path: Path) -> None:
-    """cleanup takes the plugin, our provider entry and the credentials file away."""
+@pytest.mark.parametrize("other_provider", [True, False])
+def test_cleanup_removes_the_provider_while_the_kubelet_still_starts(tmp_path: Path, other_provider: bool) -> None:
+    """cleanup takes the credentials file away, and the plugin and our provider file too when the
+    kubelet's directory keeps another provider; when ours is the only one, the kubelet would not
+    start without it (an empty directory), so both stay, inert, and cleanup says so. Judged by the
+    kubelet's own loader on the directory and the bin dir left behind."""
     from nodeagent.reconcile import cleanup
+    from tests.real_parsers import kubelet_check_provider_config
 
     node = Node(tmp_path)
+    directory = node.root / CONFIG.lstrip("/")
+    if other_provider:
+        directory.mkdir(parents=True)
+        (directory / "00-node.yaml").write_text(yaml.safe_dump(PROVIDER_FILE_OF_THE_NODE))
+        node.bin_dir.mkdir(parents=True)
+        (node.bin_dir / "ecr-credential-provider").write_text("#!/bin/sh\nexit 1\n")
+        (node.bin_dir / "ecr-credential-provider").chmod(0o755)
     node.sync(_source({"r.example.com": "a"}))
-    files = [
-        node.bin_dir / STATIC_PLUGIN_NAME,
-        node.config_path,
-        node.root / "var/lib/nodeagent/provider-credentials.json",
-    ]
-    assert [True] * 3 == [f.exists() for f in files]
-    cleanup(HostFS(node.root), node.settings)
-    assert [False] * 3 == [f.exists() for f in files]
+    files = [node.bin_dir / STATIC_PLUGIN_NAME, node.config_path]
+    credentials = node.root / "var/lib/nodeagent/provider-credentials.json"
+    assert [True, True, True] == [f.exists() for f in [*files, credentials]]
+    report = cleanup(HostFS(node.root), node.settings)
+    assert not credentials.exists()
+    assert [not other_provider] * 2 == [f.exists() for f in files]
+    assert (not other_provider) == any("so the kubelet still starts" in w.reason for w in report.warnings)
+    check = kubelet_check_provider_config(directory, node.bin_dir)
+    assert 0 == check.returncode, check.stderr
 
 
 @pytest.mark.parametrize("api", plugin.API_VERSIONS)

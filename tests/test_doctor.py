@@ -845,3 +845,21 @@ def test_doctor_failing_itself_has_its_own_exit_code(host_root: Path, monkeypatc
 
     monkeypatch.setattr(doctor, "run_doctor", broken)
     assert 3 == cli.main(["doctor", "--no-discover", "--host-root", str(host_root), "--log-format", "json"])
+
+
+def test_a_provider_directory_the_kubelet_would_refuse(host_root: Path) -> None:
+    """A node file in the provider directory naming one of our providers: doctor names the
+    duplicate and both files, as the kubelet's loader would refuse them at its next start."""
+    directory = host_root / "etc/kubernetes/credential-providers"
+    paths = ["--provider-bin-dir", "/usr/libexec/kubernetes/credential-providers"]
+    paths += ["--provider-config", "/etc/kubernetes/credential-providers"]
+    install = [sys.executable, "-m", "nodeagent", "install-provider", "--host-root", str(host_root), *paths]
+    subprocess.run(install, check=True, capture_output=True, timeout=60)
+    args = ["--no-discover", *paths]
+    _, before = _doctor(host_root, *args)
+    assert "provider.kubelet-refuses-config" not in _ids(before)
+    ours = (directory / "nodeagent-ecr.yaml").read_text()
+    (directory / "00-node.yaml").write_text(ours)
+    _, after = _doctor(host_root, *args)
+    (finding,) = [f for f in after["findings"] if f["id"] == "provider.kubelet-refuses-config"]
+    assert "00-node.yaml" in finding["seen"] and "nodeagent-ecr.yaml" in finding["seen"]

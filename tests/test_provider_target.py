@@ -120,6 +120,8 @@ def test_install_and_cleanup_on_a_node(host_root: Path) -> None:
         "providers": [AWS_PROVIDER],
     }
     config.write_text(json.dumps(original))
+    (config.parent / "ecr-credential-provider").write_text("#!/bin/sh\nexit 1\n")  # the node's own plugin
+    (config.parent / "ecr-credential-provider").chmod(0o755)
     settings = _settings(host_root)
     sync(HostFS(host_root), settings, [], hold_all=True)
     plugin = host_root / "etc/eks/image-credential-provider" / PLUGIN_NAME
@@ -143,8 +145,23 @@ def test_config_directory_gets_a_file_of_its_own(host_root: Path) -> None:
     sync(HostFS(host_root), settings, [], hold_all=True)
     own = host_root / "etc/kubernetes/credential-providers/nodeagent-ecr.yaml"
     assert [PLUGIN_NAME] == [p["name"] for p in yaml.safe_load(own.read_text())["providers"]]
-    cleanup(HostFS(host_root), settings)
-    assert not own.exists()
+    report = cleanup(HostFS(host_root), settings)
+    assert own.exists()  # the only provider: without it the kubelet would not start (an empty directory)
+    assert ["/etc/kubernetes/credential-providers"] == [w.source for w in report.warnings]
+
+
+def test_no_provider_config_the_kubelet_would_refuse(host_root: Path) -> None:
+    """A node config whose own plugin binary is missing (the kubelet would not start with it):
+    the agent leaves the config and its plugin as they are and names why."""
+    config = host_root / "etc/eks/image-credential-provider/config.json"
+    config.parent.mkdir(parents=True)
+    document = {"apiVersion": "kubelet.config.k8s.io/v1", "kind": "CredentialProviderConfig"}
+    config.write_text(json.dumps({**document, "providers": [AWS_PROVIDER]}))
+    before = config.read_bytes()
+    report = sync(HostFS(host_root), _settings(host_root), [], hold_all=True)
+    assert before == config.read_bytes()
+    assert not (config.parent / PLUGIN_NAME).exists()
+    assert ["/etc/eks/image-credential-provider/config.json"] == [c.source for c in report.conflicts]
 
 
 def test_foreign_plugin_file_not_overwritten(host_root: Path) -> None:

@@ -58,6 +58,7 @@ class Status:
         self.clock = clock
         self.health = Health(heartbeat=clock())
         self.poster = Poster()
+        self._conflicts: frozenset[str] = frozenset()
         self.events = (
             EventRecorder(api=api, node_name=node_name, namespace=event_namespace, poster=self.poster)
             if api is not None and node_name and events
@@ -122,6 +123,10 @@ class Status:
         if latency is not None:
             self.metrics.propagation.observe(max(0.0, latency))
         self._log_report(report, held_because, latency, sources)
+        conflicts = frozenset(str(p) for p in report.conflicts)
+        if conflicts - self._conflicts:  # one Event when a conflict appears, not on every resync
+            self.emit("SyncConflict", "; ".join(sorted(conflicts))[:1000], warning=True)
+        self._conflicts = conflicts
         self.health.first_sync_done = True
         if report.written or report.removed or self.health.annotated_revision != report.revision:
             self._annotate(report.revision)

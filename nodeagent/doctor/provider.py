@@ -10,7 +10,13 @@ from typing import Any
 from nodeagent.ecr.plugin import API_VERSIONS, CACHE_FILE, MIN_REMAINING
 from nodeagent.errors import TargetError
 from nodeagent.model.decoding import DecodeError, loads_json
-from nodeagent.targets.provider import PLUGIN_NAME, PROVIDER_CONFIG_FILE, STATIC_PLUGIN_NAME, load_provider_config
+from nodeagent.targets.provider import (
+    PLUGIN_NAME,
+    PROVIDER_CONFIG_FILE,
+    STATIC_PLUGIN_NAME,
+    kubelet_view,
+    load_provider_config,
+)
 
 from .base import Checks
 from .facts import _minor
@@ -25,6 +31,17 @@ class ProviderChecks(Checks):
         if not facts.provider_config:
             return
         config_path = facts.provider_config
+        # The whole config as the kubelet reads it at start (every file of a directory, merged,
+        # and each provider's binary): the agent's plans are judged by the same model.
+        refused = kubelet_view(self.fs, config_path=config_path, bin_dir=facts.provider_bin_dir)
+        if refused is not None:
+            self.add(
+                "provider.kubelet-refuses-config",
+                "error",
+                f"the kubelet would not start with {config_path}: {refused}",
+                "its next start (a reboot, an upgrade) fails and the node goes NotReady",
+                "fix or remove the file named; the agent leaves the kubelet's files as they are until then",
+            )
         if os.path.isdir(self.fs.real_path(config_path)):
             config_path = config_path.rstrip("/") + "/" + PROVIDER_CONFIG_FILE
         content = self._read(config_path)

@@ -209,6 +209,28 @@ class HostFS(DirectoryWalk):
             return False
         return True
 
+    def list_files(self, host_path: str) -> list[str]:
+        """Names of the entries of a directory that are not directories (files, symlinks and the
+        like, as the kubelet's own ``os.ReadDir`` + ``!IsDir()`` sees them), sorted; [] when the
+        directory does not exist."""
+        try:
+            fd, _ = self._open_dir(host_path, self.real_path(host_path))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot open the directory: {_describe(exc)}") from exc
+        try:
+            names = []
+            for name in os.listdir(fd):
+                with contextlib.suppress(FileNotFoundError):
+                    if not stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+                        names.append(name)
+            return sorted(names)
+        except OSError as exc:
+            raise HostFSError(host_path, f"cannot list the directory: {_describe(exc)}") from exc
+        finally:
+            os.close(fd)
+
     def is_dir(self, host_path: str) -> bool:
         """Whether a real directory (not a symlink to one, nor under one) stands at the path."""
         try:

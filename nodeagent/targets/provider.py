@@ -8,6 +8,11 @@ configured path is a directory (kubelet >= 1.34 merges every ``*.json|*.yaml|*.y
 agent writes a file of its own there. Other providers are kept; a foreign provider with our name
 is parked in the ledger and restored when ours goes away. YAML comments are not preserved by a
 merge (PyYAML does not keep them); JSON and YAML key order is.
+
+Every plan is judged as the kubelet will read it at its next start (:func:`kubelet_load_problem`:
+the whole directory, merged, and each provider's binary): a plan the kubelet would refuse leaves
+the config and the plugins as they are (a conflict naming why, or at uninstall a warning that
+they were kept so the kubelet still starts), while the credentials file still follows the sources.
 """
 
 from __future__ import annotations
@@ -15,15 +20,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from nodeagent.ecr.plugin import CREDENTIALS_VERSION
-from nodeagent.errors import TargetError
-from nodeagent.model.credentials import MergeResult, RegistryCredential, ScopedCredential
+from nodeagent.errors import NodeagentError, TargetError
+from nodeagent.model.credentials import EntryProblem, MergeResult, RegistryCredential, ScopedCredential
 from nodeagent.model.decoding import DecodeError, loads_json, loads_yaml
 from nodeagent.model.ledger import FileRecord, PluginRecord, ProviderConfigRecord, ProviderCredentialsRecord
 from nodeagent.model.registries import InvalidRegistry, decode_auth, split_host_port
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
     from nodeagent.config import ProviderSettings
 
 __all__ = [
+    "CONFIG_EXTENSIONS",
     "CONFIG_TARGET",
     "CREDENTIALS_TARGET",
     "PLUGIN_NAME",
@@ -43,6 +49,8 @@ __all__ = [
     "Rendered",
     "catch_all_images",
     "ecr_entry",
+    "kubelet_load_problem",
+    "kubelet_view",
     "load_provider_config",
     "match_images",
     "plugin_bytes",
@@ -321,6 +329,100 @@ def render_provider_config(
     return Rendered(content, new)
 
 
+CONFIG_EXTENSIONS = (".json", ".yaml", ".yml")
+"""The files of a provider config directory the kubelet reads (others are ignored)."""
+
+
+def _judge_document(path: str, content: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    fmt = "json" if path.endswith(".json") else "yaml"
+    try:
+        raw = loads_json(content) if fmt == "json" else loads_yaml(content)
+    except DecodeError as exc:
+        return None, f"{path}: not decodable ({exc})"
+    # The kubelet's decoder needs both (it finds the type by them); the agent's merge defaults them.
+    if not isinstance(raw, dict) or "kind" not in raw or "apiVersion" not in raw:
+        return None, f"{path}: not a CredentialProviderConfig (apiVersion and kind are required)"
+    try:
+        return load_provider_config(content, path, fmt), None
+    except TargetError as exc:
+        return None, f"{path}: {exc.reason}"
+
+
+def kubelet_load_problem(
+    files: Mapping[str, bytes | None], *, directory: bool, binary_exists: Callable[[str], bool]
+) -> str | None:
+    """Why the kubelet (1.34) would not start with this provider config, or None: a model of its
+    ``readCredentialProviderConfig`` and ``RegisterCredentialProviderPlugins`` (a directory is the
+    merge of its ``*.json|*.yaml|*.yml`` files in lexical order, none is an error, a provider name
+    in two files is an error; a file that is missing is an error; at least one provider; each
+    provider's binary must exist in the bin dir). ``files``: every config file the kubelet would
+    read, path to content (None: missing). For run time (the agent's plans, doctor); compared
+    with the kubelet's own loader on generated directories in tests/test_provider_directory.py."""
+    present = {path: content for path, content in files.items() if content is not None}
+    if not present:
+        return "no configuration files found in the directory" if directory else "the file does not exist"
+    seen: dict[str, str] = {}
+    for path in sorted(present):
+        document, problem = _judge_document(path, present[path])
+        if problem is not None or document is None:
+            return problem
+        for index, provider in enumerate(document.get("providers") or []):
+            name = provider.get("name") if isinstance(provider, dict) else None
+            if not isinstance(name, str) or not name:
+                return f"{path}: providers[{index}] has no name"
+            if name in seen:
+                return f"provider name {name!r} is in both {seen[name]} and {path} (the kubelet refuses duplicates)"
+            seen[name] = path
+            if not provider.get("matchImages"):
+                return f"{path}: provider {name!r} has no matchImages"
+    if not seen:
+        return "no provider is configured (the kubelet needs at least one)"
+    missing = sorted(name for name in seen if not binary_exists(name))
+    if missing:
+        return f"the plugin binary for provider {missing[0]!r} (in {seen[missing[0]]}) does not exist"
+    return None
+
+
+def kubelet_view(
+    host: HostView, *, config_path: str, bin_dir: str | None, overlay: Mapping[str, bytes | None] | None = None
+) -> str | None:
+    """:func:`kubelet_load_problem` on the node: ``config_path`` is the kubelet's flag (a file, or
+    a directory, also one that does not exist yet when its name has no config extension),
+    ``bin_dir`` its plugin directory (None: binaries not judged), ``overlay`` planned contents
+    (None: removed) over what is on disk."""
+    overlay = overlay or {}
+    directory = host.is_dir(config_path) or not config_path.endswith(CONFIG_EXTENSIONS)
+    if directory:
+        root = config_path.rstrip("/")
+        try:
+            names = set(host.list_files(root))
+        except NodeagentError as exc:
+            return f"{root}: cannot be listed ({exc})"
+        names |= {path[len(root) + 1 :] for path in overlay if path.rsplit("/", 1)[0] == root}
+        paths = [f"{root}/{name}" for name in names if name.endswith(CONFIG_EXTENSIONS)]
+    else:
+        paths = [config_path]
+    files: dict[str, bytes | None] = {}
+    for path in paths:
+        try:
+            files[path] = overlay[path] if path in overlay else host.read(path)
+        except NodeagentError as exc:
+            return f"{path}: cannot be read ({exc})"
+
+    def binary_exists(name: str) -> bool:
+        if bin_dir is None:
+            return True
+        path = f"{bin_dir.rstrip('/')}/{name}"
+        if path in overlay:
+            return overlay[path] is not None
+        try:
+            return host.mode(path) is not None
+        except NodeagentError:
+            return True  # a symlink or the like: the kubelet's LookPath follows it
+
+    return kubelet_load_problem(files, directory=directory, binary_exists=binary_exists)
+
+
 def _digest(content: bytes | None) -> str:
     return hashlib.sha256(content).hexdigest() if content is not None else ""
 
@@ -366,7 +468,15 @@ class ProviderTarget:
     def plan(self, host: HostView, desired: Desired, records: Mapping[str, FileRecord]) -> Plan:
         plan = Plan()
         active, entries = self._active(host, desired)
-        stale = {p: r.target for p, r in records.items() if desired.uninstall and p not in active}
+        # A config the agent no longer writes to (uninstall, or the configured path moved: a file
+        # inside a directory, then the directory) is let go of, or the kubelet would read our
+        # providers twice; stale plugins go only at uninstall.
+        stale = {
+            p: r.target
+            for p, r in records.items()
+            if p not in active and (desired.uninstall or (self.settings is not None and r.target == CONFIG_TARGET))
+        }
+        kubelet_files: set[str] = set()
         merged = desired.merged
         for path, target in {**active, **stale}.items():
             installing = path in active
@@ -375,6 +485,7 @@ class ProviderTarget:
             if target == PLUGIN_TARGET:
                 render = render_plugin(install=installing, current=current, record=record, path=path)
                 mode = 0o755
+                kubelet_files.add(path)
             elif target == CREDENTIALS_TARGET:
                 content = None
                 if installing and desired.hold_all and current is not None:
@@ -398,11 +509,59 @@ class ProviderTarget:
                 # Keep the mode the node gave its file (a 0600 config may hold env secrets).
                 mode = host.mode(path) or 0o644
                 render = self._backup(host, plan, record, render, current)
+                kubelet_files |= {path, self.backup_path}
                 if render.record.owned:
                     plan.read_at_start.append(path)
             plan.keep(path, render.record)
             plan.changes.append(FileChange(path, current, render.content, mode))
+        self._judge(host, plan, records, kubelet_files, uninstall=desired.uninstall)
         return plan
+
+    def _where(self, records: Mapping[str, FileRecord]) -> tuple[str, str | None] | None:
+        """The kubelet's provider config flag and plugin directory: from the settings, or at
+        cleanup (no settings) from the records (our own file in a directory means the flag names
+        the directory)."""
+        if self.settings is not None:
+            return self.settings.config_path, self.settings.bin_dir
+        configs = [p for p, r in records.items() if r.target == CONFIG_TARGET]
+        if not configs:
+            return None
+        config = configs[0]
+        if config.endswith("/" + PROVIDER_CONFIG_FILE):
+            config = config.rsplit("/", 1)[0]
+        plugins = [p.rsplit("/", 1)[0] for p, r in records.items() if r.target == PLUGIN_TARGET]
+        return config, plugins[0] if plugins else None
+
+    def _judge(
+        self, host: HostView, plan: Plan, records: Mapping[str, FileRecord], kubelet_files: set[str], *, uninstall: bool
+    ) -> None:
+        """Leave the kubelet's files (config, backup, plugins) as they are when the kubelet would
+        refuse to start with what the plan leaves (also when it refuses what is there now: the
+        agent neither breaks nor pretends to mend it); the credentials file still follows."""
+        where = self._where(records)
+        if where is None or not any(c.changed for c in plan.changes if c.path in kubelet_files):
+            return
+        config_path, bin_dir = where
+        overlay = {c.path: c.new for c in plan.changes if c.path in kubelet_files}
+        problem = kubelet_view(host, config_path=config_path, bin_dir=bin_dir, overlay=overlay)
+        if problem is None:
+            return
+        plan.changes = [c for c in plan.changes if c.path not in kubelet_files]
+        plan.read_at_start = [p for p in plan.read_at_start if p not in kubelet_files]
+        for path in kubelet_files:
+            plan.forget = [p for p in plan.forget if p != path]
+            plan.records.pop(path, None)
+            if path in records:
+                plan.records[path] = records[path]
+        if uninstall:
+            reason = (
+                f"kept the provider config and plugin so the kubelet still starts ({problem}): remove the "
+                "kubelet's --image-credential-provider-config flag or give it another provider, then run cleanup again"
+            )
+            plan.warnings.append(EntryProblem(key="*", registry=None, reason=reason, source=config_path))
+        else:
+            reason = f"not changed: the kubelet would refuse this provider config at its next start ({problem})"
+            plan.conflicts.append(EntryProblem(key="*", registry=None, reason=reason, source=config_path))
 
     def _backup(
         self, host: HostView, plan: Plan, record: FileRecord | None, render: Rendered, current: bytes | None

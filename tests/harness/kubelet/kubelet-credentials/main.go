@@ -11,8 +11,10 @@
 //	    of the plugin with the config's args and env, response decoding and cache; IMAGE "-"
 //	    reads one image a line from stdin and answers each on a line, all through one plugin
 //	    manager (one cache), so a test can change the node between two pulls
-//	check-provider-config FILE
-//	    exit 0 when the kubelet would load the file, 1 with the kubelet's own error otherwise
+//	check-provider-config [--bin-dir DIR] PATH
+//	    exit 0 when the kubelet would load PATH (a file, or a directory whose *.json|*.yaml|*.yml
+//	    files it merges), 1 with the kubelet's own error otherwise; with --bin-dir, the plugin
+//	    binaries must exist there as they must at kubelet start, else each gets a stub
 //	serve
 //	    answers JSON lines on stdin, one per line on stdout, so tests can ask thousands of
 //	    questions without a process each:
@@ -169,28 +171,38 @@ func serve() {
 	}
 }
 
-// stubBinDir makes a bin dir with an executable stub for every provider name the file lists, so
-// check-provider-config judges the config alone.
+// stubBinDir makes a bin dir with an executable stub for every provider name the config lists
+// (a file, or every file of a directory), so check-provider-config judges the config alone.
 func stubBinDir(config string) string {
 	dir, err := os.MkdirTemp("", "kubelet-credentials-bin-")
 	if err != nil {
 		fail(2, "%v", err)
 	}
-	data, err := os.ReadFile(config)
-	if err != nil {
-		fail(1, "%v", err)
-	}
-	var loose struct {
-		Providers []struct {
-			Name string `json:"name"`
-		} `json:"providers"`
-	}
-	_ = yaml.Unmarshal(data, &loose)
-	for _, p := range loose.Providers {
-		if p.Name == "" || strings.ContainsAny(p.Name, "/\x00") {
-			continue
+	files := []string{config}
+	if info, err := os.Stat(config); err == nil && info.IsDir() {
+		entries, _ := os.ReadDir(config)
+		files = nil
+		for _, entry := range entries {
+			files = append(files, filepath.Join(config, entry.Name()))
 		}
-		_ = os.WriteFile(filepath.Join(dir, p.Name), []byte("#!/bin/sh\nexit 1\n"), 0o755)
+	}
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			continue // the kubelet's own loader reports what it cannot read
+		}
+		var loose struct {
+			Providers []struct {
+				Name string `json:"name"`
+			} `json:"providers"`
+		}
+		_ = yaml.Unmarshal(data, &loose)
+		for _, p := range loose.Providers {
+			if p.Name == "" || strings.ContainsAny(p.Name, "/\x00") {
+				continue
+			}
+			_ = os.WriteFile(filepath.Join(dir, p.Name), []byte("#!/bin/sh\nexit 1\n"), 0o755)
+		}
 	}
 	return dir
 }
@@ -219,9 +231,13 @@ func main() {
 		printLookup(credentialprovider.NewDefaultDockerKeyring(), args[0])
 	case "check-provider-config":
 		if len(args) != 1 {
-			fail(2, "usage: check-provider-config FILE")
+			fail(2, "usage: check-provider-config [--bin-dir DIR] PATH")
 		}
-		err := plugin.RegisterCredentialProviderPlugins(args[0], stubBinDir(args[0]), nil, nil)
+		bins := *binDir
+		if bins == "" {
+			bins = stubBinDir(args[0])
+		}
+		err := plugin.RegisterCredentialProviderPlugins(args[0], bins, nil, nil)
 		if err != nil {
 			fail(1, "%v", err)
 		}
