@@ -102,8 +102,8 @@ def _model_loads(root: Path) -> bool:
 def test_after_sync_and_cleanup_the_kubelet_starts_or_nothing_changed(
     tmp_path: Path, node: tuple[dict[str, bytes], set[str]], ecr: bool
 ) -> None:
-    """For any directory: the model agrees with the kubelet; sync and cleanup each leave a
-    directory the kubelet loads, or leave the kubelet's files as they were and say why."""
+    """For any directory: the model agrees with the kubelet; install-provider, sync and cleanup
+    each leave a directory the kubelet loads, or leave the kubelet's files as they were."""
     files, binaries = node
     root = Path(tempfile.mkdtemp(dir=tmp_path)) / "host"
     directory, bin_dir = _lay_out(root, files, binaries)
@@ -111,9 +111,11 @@ def test_after_sync_and_cleanup_the_kubelet_starts_or_nothing_changed(
     settings_ = SyncSettings(host_root=str(root), provider=provider)
     source = parse_docker_config(docker_config({"registry.example.com": ("u", "p")}), source="s")
     JUDGED["directories"] += 1
-    for step in ("before", "sync", "cleanup"):
+    for step in ("before", "install", "sync", "cleanup"):
         before = _snapshot(directory, bin_dir)
-        if step == "sync":
+        if step == "install":  # install-provider: no sources, nothing of the agent's taken away
+            report = sync(HostFS(root), settings_, [], hold_all=True)
+        elif step == "sync":
             report = sync(HostFS(root), settings_, [source])
         elif step == "cleanup":
             report = cleanup(HostFS(root), settings_)
