@@ -196,11 +196,13 @@ def render_credentials_file(
 ) -> bytes:
     """The file ``nodeagent-credential-provider`` answers from: scoped entries first (they win
     over a node-wide entry of the same key for pods they are served to), then node-wide ones.
-    A ``held`` registry (its source entry was rejected) keeps the node-wide entry it had; with
-    ``hold_all`` (a source's state is unknown) every node-wide entry the file had stays."""
+    A ``held`` registry (its source entry was rejected) keeps the node-wide entry it had. With
+    ``hold_all`` (a source's state is unknown) every entry the file had for a registry no known
+    source names stays, scoped ones with their scope: the unknown source holds only what may be
+    its own, and every known source's entries (rotations, new scopes) flow, as in config.json."""
     entries = [_credential_entry(s.credential, s.namespaces) for s in scoped]
     entries += [_credential_entry(c, None) for c in credentials if not c.token_only]
-    wanted = {c.registry for c in credentials}
+    wanted = {c.registry for c in credentials} | {s.credential.registry for s in scoped}
     if (held or hold_all) and current is not None:
         try:
             previous = loads_json(current).get("entries") or []
@@ -210,9 +212,8 @@ def render_credentials_file(
             e
             for e in previous
             if isinstance(e, dict)
-            and (hold_all or e.get("registry") in held)
             and e.get("registry") not in wanted
-            and e.get("namespaces") is None
+            and (hold_all or (e.get("registry") in held and e.get("namespaces") is None))
         ]
     return (json.dumps({"version": CREDENTIALS_VERSION, "entries": entries}, indent=1) + "\n").encode()
 
@@ -430,8 +431,9 @@ def _digest(content: bytes | None) -> str:
 class ProviderTarget:
     """The credential-provider plugins, config and credentials file: installed when configured;
     removed only by ``uninstall`` (cleanup), so a plain ``sync`` never takes away what ``--ecr``
-    or ``--credential-provider`` installed. ``hold_all`` (install-provider, which has no
-    sources) keeps a credentials file that is already there. A failure fails the pass."""
+    or ``--credential-provider`` installed. ``hold_all`` (a source of unknown state; also
+    install-provider, which has no sources) keeps every entry of the credentials file no known
+    source names, and lets the others follow their sources. A failure fails the pass."""
 
     name = "provider"
     isolated = False
@@ -488,9 +490,7 @@ class ProviderTarget:
                 kubelet_files.add(path)
             elif target == CREDENTIALS_TARGET:
                 content = None
-                if installing and desired.hold_all and current is not None:
-                    content = current  # install-provider: the running agent's file stays as it is
-                elif installing:
+                if installing:
                     content = render_credentials_file(
                         credentials=merged.credentials,
                         scoped=merged.scoped,
