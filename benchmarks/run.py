@@ -348,14 +348,22 @@ def bench_plugin(work: Path) -> None:
     server.shutdown()
     server.server_close()
     # nodeagent-credential-provider: the same file, answering from the agent's credentials file.
-    for count in (10, 1000):
-        entries = [
-            {"key": f"r{i}.example.com", "registry": f"r{i}.example.com", "username": "u", "password": f"p{i}",
-             "namespaces": ["team-*"] if i % 2 else None}
+    from nodeagent.model.credentials import RegistryCredential, ScopedCredential
+    from nodeagent.targets.provider import render_credentials_file
+
+    # (registries, namespace names in each scope): half the registries scoped to team-a and one
+    # scope of N exact names besides (the bound of one annotation is 10,000; 20,000 is two Secrets).
+    for count, names in ((10, 0), (1000, 0), (10, 20_000)):
+        credentials_ = [
+            RegistryCredential(
+                key=f"r{i}.example.com", registry=f"r{i}.example.com", username="u", password=f"p{i}", source="bench"
+            )
             for i in range(count)
-        ]  # fmt: skip
-        credentials = work / f"credentials-{count}.json"
-        credentials.write_text(json.dumps({"version": 1, "entries": entries}, indent=1))
+        ]
+        scope = ("team-*", *(f"ns-{n}" for n in range(names)))
+        scoped = [ScopedCredential(c, scope) for c in credentials_[1::2]]
+        credentials = work / f"credentials-{count}-{names}.json"
+        credentials.write_bytes(render_credentials_file(credentials=credentials_[::2], scoped=scoped, current=None))
         static = {**json.loads(request), "image": f"r{count - 1}.example.com/team/app"}
         static["serviceAccountToken"] = (
             "e30."
@@ -365,7 +373,9 @@ def bench_plugin(work: Path) -> None:
             + ".c2ln"
         )
         rows.append((
-            f"nodeagent-credential-provider, {count} registries (half scoped), with a ServiceAccount token",
+            f"nodeagent-credential-provider, {count} registries (half scoped"
+            + (f", {names:,} namespace names in the scope" if names else "")
+            + "), with a ServiceAccount token",
             _timed_runs([str(installed), "--credentials", str(credentials)], json.dumps(static), PLUGIN_RUNS, host_env),
         ))  # fmt: skip
     botocore_cmd = [

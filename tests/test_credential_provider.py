@@ -7,6 +7,7 @@ namespaces, and never config.json."""
 from __future__ import annotations
 
 import base64
+import fnmatch
 import io
 import json
 from pathlib import Path
@@ -23,7 +24,7 @@ from nodeagent.errors import InputError
 from nodeagent.host.hostfs import HostFS
 from nodeagent.model.credentials import ParseResult, parse_docker_config, parse_namespaces, parse_secret
 from nodeagent.reconcile import sync
-from nodeagent.targets.provider import STATIC_PLUGIN_NAME, catch_all_images
+from nodeagent.targets.provider import STATIC_PLUGIN_NAME, catch_all_images, render_credentials_file
 from tests.conftest import FIGURES, b64
 from tests.real_parsers import (
     KubeletPlugins,
@@ -252,8 +253,8 @@ def test_cleanup_removes_the_provider_while_the_kubelet_still_starts(tmp_path: P
 def test_plugin_answers_every_api_version(tmp_path: Path, api: str) -> None:
     """The response carries the request's apiVersion, cacheKeyType Image and cacheDuration 0s."""
     path = tmp_path / "credentials.json"
-    path.write_text(json.dumps({"version": 1, "entries": [
-        {"key": "r.example.com", "username": "u", "password": "p", "namespaces": None}]}))  # fmt: skip
+    entry = {"key": "r.example.com", "username": "u", "password": "p", "scope": None}
+    path.write_text(json.dumps({"version": plugin.CREDENTIALS_VERSION, "scopes": [], "entries": [entry]}))
     out = io.StringIO()
     request = json.dumps({"apiVersion": api, "kind": "CredentialProviderRequest", "image": "r.example.com/app"})
     assert 0 == plugin.run(io.StringIO(request), out, ["--credentials", str(path)])
@@ -261,7 +262,7 @@ def test_plugin_answers_every_api_version(tmp_path: Path, api: str) -> None:
             "auth": {"r.example.com": {"username": "u", "password": "p"}}} == json.loads(out.getvalue())  # fmt: skip
 
 
-@pytest.mark.parametrize("content", [None, b"{", b'{"version": 2, "entries": []}', b"[]", b'{"version": 1}'])
+@pytest.mark.parametrize("content", [None, b"{", b'{"version": 3, "entries": []}', b"[]", b'{"version": 2}'])
 def test_plugin_without_a_usable_file_says_so_in_one_line(tmp_path: Path, content: bytes | None) -> None:
     """A missing or foreign credentials file: exit 1, nothing on stdout, one line on stderr."""
     path = tmp_path / "credentials.json"
@@ -302,6 +303,48 @@ def test_bad_namespaces_annotation_is_rejected(value: Any) -> None:
         _scoped({"r.example.com": "p"}, value) if isinstance(value, str) else parse_secret(
             {"type": "kubernetes.io/dockerconfigjson", "metadata": {"annotations": {"nodeagent.io/namespaces": value}},
              "data": {".dockerconfigjson": ""}}, source="s")  # fmt: skip
+
+
+def _scoped_credential(scope: tuple[str, ...]) -> Any:
+    from nodeagent.model.credentials import RegistryCredential, ScopedCredential
+
+    credential = RegistryCredential(
+        key="r.example.com", registry="r.example.com", username="u", password="p", source="s"
+    )
+    return ScopedCredential(credential, scope)
+
+
+def test_a_scope_beyond_the_bounds_is_rejected_whole() -> None:
+    """More names or globs than one annotation may hold: the Secret's scoping is refused (the
+    source is invalid: its last good content stays, and it is named), never truncated."""
+    from nodeagent.model.credentials import MAX_SCOPE_GLOBS, MAX_SCOPE_NAMES
+
+    assert MAX_SCOPE_NAMES == len(parse_namespaces(",".join(f"ns-{i}" for i in range(MAX_SCOPE_NAMES))))
+    for value in (
+        ",".join(f"ns-{i}" for i in range(MAX_SCOPE_NAMES + 1)),
+        ",".join(f"team-{i}-*" for i in range(MAX_SCOPE_GLOBS + 1)),
+    ):
+        with pytest.raises(InputError):
+            _scoped({"r.example.com": "p"}, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    names=st.lists(st.from_regex(r"[a-z0-9]([-a-z0-9]{0,8}[a-z0-9])?", fullmatch=True), min_size=1, max_size=8),
+    globs=st.lists(st.sampled_from(["team-*", "*-ci", "a*"]), max_size=2),
+    namespace=st.text(alphabet="ab-\n0*", max_size=12),
+)
+def test_a_stored_scope_serves_exactly_its_namespaces(names: list[str], globs: list[str], namespace: str) -> None:
+    """The scope as the file stores it (names once, framed by newlines) serves a namespace exactly
+    when the annotation's names or globs do, whatever the namespace the token claims (no match
+    across two names, none for a name no pod can have)."""
+    scope = (*dict.fromkeys(names), *dict.fromkeys(globs))
+    document = json.loads(render_credentials_file(credentials=[], scoped=[_scoped_credential(scope)], current=None))
+    (entry,) = document["entries"]
+    valid = plugin.NAMESPACE.fullmatch(namespace) is not None
+    expected = valid and (namespace in names or any(fnmatch.fnmatchcase(namespace, g) for g in globs))
+    served = plugin._served(entry, document["scopes"], namespace if valid else None)
+    assert expected == served
 
 
 def test_catch_all_covers_ports_exactly() -> None:

@@ -18,6 +18,7 @@ from nodeagent.config import ContainerdSettings, ProviderSettings, SyncSettings
 from nodeagent.host.hostfs import HostFS
 from nodeagent.model.credentials import ParseResult, parse_secret
 from nodeagent.reconcile import sync
+from nodeagent.targets.provider import _scope_of
 from tests.conftest import b64, docker_config
 
 
@@ -38,7 +39,7 @@ def _config_json(root: Path) -> dict[str, str]:
 
 def _provider(root: Path) -> dict[str, str]:
     document = json.loads((root / "var/lib/nodeagent/provider-credentials.json").read_text())
-    return {f"{e['key']}{e['namespaces'] or ''}": b64(f"{e['username']}:{e['password']}") for e in document["entries"]}
+    return {e["key"]: b64(f"{e['username']}:{e['password']}") for e in document["entries"]}
 
 
 def _config_toml(root: Path) -> dict[str, str]:
@@ -95,5 +96,5 @@ def test_an_unknown_source_keeps_its_scoped_entries_and_others_rescope(host_root
     b2 = _secret("b", {"b.example.com": ("ub", "pb-1")}, namespaces="team-b, team-c")
     sync(HostFS(host_root), settings, [b2], hold_all=True)
     document = json.loads((host_root / "var/lib/nodeagent/provider-credentials.json").read_text())
-    scopes = {e["key"]: e["namespaces"] for e in document["entries"]}
-    assert {"a.example.com": ["team-a"], "b.example.com": ["team-b", "team-c"]} == scopes
+    scopes = {e["key"]: _scope_of(e, document["scopes"]) for e in document["entries"]}
+    assert {"a.example.com": ("team-a",), "b.example.com": ("team-b", "team-c")} == scopes

@@ -58,8 +58,13 @@ MIN_REMAINING = 15 * 60
 SOCKET_TIMEOUT = 20.0
 """Well inside the kubelet's own 60 s limit for a plugin run."""
 CACHE_FILE = "ecr-tokens.json"
-CREDENTIALS_VERSION = 1
-"""Version of the credentials file the agent writes for ``--credentials``."""
+CREDENTIALS_VERSION = 2
+"""Version of the credentials file the agent writes for ``--credentials``. Version 2 stores each
+namespace scope once (``scopes``: exact names as one newline-framed string, globs as a list) and
+entries name theirs by index, so a run's cost does not grow with the names in a scope: the names
+are one JSON string to scan, not one object each (version 1 copied the list into every entry)."""
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+"""A namespace name (a DNS label): checked before a scope lookup, so no name spans two others."""
 DEFAULT_REGISTRY = "index.docker.io"
 
 MAX_DEPTH = 32
@@ -334,7 +339,8 @@ def token_namespace(token: Any) -> str | None:
     return namespace or None
 
 
-def _read_credentials(path: str) -> list[dict[str, Any]]:
+def _read_credentials(path: str) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The entries and the scopes of the agent's credentials file, or PluginError."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -346,28 +352,35 @@ def _read_credentials(path: str) -> list[dict[str, Any]]:
         raise PluginError(f"{path} is not a credentials file nodeagent wrote") from None
     if not isinstance(document, dict) or document.get("version") != CREDENTIALS_VERSION:
         raise PluginError(f"{path} is not a credentials file of version {CREDENTIALS_VERSION}")
-    entries = document.get("entries")
-    if not isinstance(entries, list):
+    entries, scopes = document.get("entries"), document.get("scopes", [])
+    if not isinstance(entries, list) or not isinstance(scopes, list):
         raise PluginError(f"{path} has no entries list")
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("key"), str)]
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("key"), str)], scopes
 
 
-def _served(entry: dict[str, Any], namespace: str | None) -> bool:
-    scope = entry.get("namespaces")
-    if scope is None:
+def _served(entry: dict[str, Any], scopes: list[Any], namespace: str | None) -> bool:
+    index = entry.get("scope")
+    if index is None:
         return True
-    return (
-        namespace is not None
-        and isinstance(scope, list)
-        and any(isinstance(glob, str) and fnmatch.fnmatchcase(namespace, glob) for glob in scope)
-    )
+    if namespace is None or not isinstance(index, int) or not 0 <= index < len(scopes):
+        return False
+    scope = scopes[index]
+    if not isinstance(scope, dict):
+        return False
+    names, globs = scope.get("names"), scope.get("globs")
+    if isinstance(names, str) and f"\n{namespace}\n" in names:
+        return True
+    return isinstance(globs, list) and any(isinstance(g, str) and fnmatch.fnmatchcase(namespace, g) for g in globs)
 
 
 def respond_static(request: Any, *, credentials_file: str) -> dict[str, Any]:
     """The response for a request from the agent's credentials file, or PluginError."""
     api_version, image = _check_request(request)
     namespace = token_namespace(request.get("serviceAccountToken")) if api_version == API_VERSIONS[0] else None
-    entries = [e for e in _read_credentials(credentials_file) if _served(e, namespace)]
+    if namespace is not None and not NAMESPACE.fullmatch(namespace):
+        namespace = None  # not a namespace a pod can be in: only node-wide entries are served
+    entries, scopes = _read_credentials(credentials_file)
+    entries = [e for e in entries if _served(e, scopes, namespace)]
     auth: dict[str, dict[str, str]] = {}
     # A key both scoped and node-wide: the entry listed first (the agent lists scoped ones first) wins.
     for key in keyring_matches(image, [e["key"] for e in entries]):

@@ -264,14 +264,29 @@ NAMESPACES_ANNOTATION = "nodeagent.io/namespaces"
 _NAMESPACE_GLOB = re.compile(r"[a-z0-9*]([-a-z0-9*]{0,61}[a-z0-9*])?")
 
 
+MAX_SCOPE_NAMES = 10_000
+"""Namespace names one ``nodeagent.io/namespaces`` annotation may hold: a bound on what one Secret
+can make every node and every plugin run carry (one Secret within the API's limits could name
+60,000, a 32 MiB file when the list was copied per entry)."""
+MAX_SCOPE_GLOBS = 100
+"""Globs one annotation may hold: each is matched on every pull of a scoped image."""
+
+
 def parse_namespaces(value: Any) -> tuple[str, ...]:
     """The ``nodeagent.io/namespaces`` annotation: comma-separated namespace names or ``*`` globs.
-    Raises ValueError naming what is wrong (an empty list, or a name no namespace can have)."""
+    Raises ValueError naming what is wrong (an empty list, a name no namespace can have, more names
+    or globs than :data:`MAX_SCOPE_NAMES` / :data:`MAX_SCOPE_GLOBS`)."""
     if not isinstance(value, str):
         raise ValueError("is not a string")
     names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
     if not names:
         raise ValueError("names no namespace (give names or globs such as 'team-a, ci-*')")
+    globs = sum("*" in name for name in names)
+    if len(names) - globs > MAX_SCOPE_NAMES or globs > MAX_SCOPE_GLOBS:
+        raise ValueError(
+            f"names {len(names) - globs} namespaces and {globs} globs; at most {MAX_SCOPE_NAMES} and "
+            f"{MAX_SCOPE_GLOBS} (use globs such as 'team-*', or split the Secret); its scoping is not applied"
+        )
     for name in names:
         if not _NAMESPACE_GLOB.fullmatch(name):
             raise ValueError(f"{name[:64]!r} is not a namespace name or a '*' glob of one")

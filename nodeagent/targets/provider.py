@@ -172,7 +172,38 @@ def registry_ports(merged: MergeResult) -> set[int]:
     return ports
 
 
-def _credential_entry(credential: RegistryCredential, namespaces: Sequence[str] | None) -> dict[str, Any]:
+class _Scopes:
+    """The file's scope table: each distinct scope once, exact names framed by newlines in one
+    string (the plugin scans it, it does not build a list), globs apart."""
+
+    def __init__(self) -> None:
+        self.table: list[dict[str, Any]] = []
+        self._index: dict[tuple[str, ...], int] = {}
+
+    def add(self, namespaces: Sequence[str]) -> int:
+        key = tuple(namespaces)
+        if key not in self._index:
+            names = [n for n in key if "*" not in n]
+            self._index[key] = len(self.table)
+            self.table.append({"names": "\n" + "".join(f"{n}\n" for n in names), "globs": [n for n in key if "*" in n]})
+        return self._index[key]
+
+
+def _scope_of(entry: dict[str, Any], scopes: Sequence[Any]) -> tuple[str, ...] | None:
+    """The namespaces an entry of a file already written is scoped to (None: node-wide); version 1
+    entries carry them, version 2 entries name a scope of the table."""
+    if isinstance(entry.get("namespaces"), list):
+        return tuple(str(n) for n in entry["namespaces"])
+    index = entry.get("scope")
+    if not isinstance(index, int) or not 0 <= index < len(scopes) or not isinstance(scopes[index], dict):
+        return None
+    names = scopes[index].get("names")
+    globs = scopes[index].get("globs")
+    found = [n for n in names.split("\n") if n] if isinstance(names, str) else []
+    return (*found, *(g for g in globs if isinstance(g, str))) if isinstance(globs, list) else tuple(found)
+
+
+def _credential_entry(credential: RegistryCredential, scope: int | None) -> dict[str, Any]:
     entry = credential.entry()
     username, password = credential.username, credential.password
     if entry.get("auth"):
@@ -182,7 +213,7 @@ def _credential_entry(credential: RegistryCredential, namespaces: Sequence[str] 
         "registry": credential.registry,
         "username": username,
         "password": password,
-        "namespaces": list(namespaces) if namespaces is not None else None,
+        "scope": scope,
     }
 
 
@@ -195,27 +226,31 @@ def render_credentials_file(
     hold_all: bool = False,
 ) -> bytes:
     """The file ``nodeagent-credential-provider`` answers from: scoped entries first (they win
-    over a node-wide entry of the same key for pods they are served to), then node-wide ones.
-    A ``held`` registry (its source entry was rejected) keeps the node-wide entry it had. With
-    ``hold_all`` (a source's state is unknown) every entry the file had for a registry no known
-    source names stays, scoped ones with their scope: the unknown source holds only what may be
-    its own, and every known source's entries (rotations, new scopes) flow, as in config.json."""
-    entries = [_credential_entry(s.credential, s.namespaces) for s in scoped]
+    over a node-wide entry of the same key for pods they are served to), then node-wide ones;
+    each namespace scope is stored once and named by index. A ``held`` registry (its source entry
+    was rejected) keeps the node-wide entry it had. With ``hold_all`` (a source's state is
+    unknown) every entry the file had for a registry no known source names stays, scoped ones
+    with their scope: the unknown source holds only what may be its own, and every known source's
+    entries (rotations, new scopes) flow, as in config.json."""
+    scopes = _Scopes()
+    entries = [_credential_entry(s.credential, scopes.add(s.namespaces)) for s in scoped]
     entries += [_credential_entry(c, None) for c in credentials if not c.token_only]
     wanted = {c.registry for c in credentials} | {s.credential.registry for s in scoped}
     if (held or hold_all) and current is not None:
         try:
-            previous = loads_json(current).get("entries") or []
+            document = loads_json(current)
+            previous, old_scopes = document.get("entries") or [], document.get("scopes") or []
         except (DecodeError, AttributeError):
-            previous = []
-        entries += [
-            e
-            for e in previous
-            if isinstance(e, dict)
-            and e.get("registry") not in wanted
-            and (hold_all or (e.get("registry") in held and e.get("namespaces") is None))
-        ]
-    return (json.dumps({"version": CREDENTIALS_VERSION, "entries": entries}, indent=1) + "\n").encode()
+            previous, old_scopes = [], []
+        for e in previous if isinstance(previous, list) else []:
+            if not isinstance(e, dict) or e.get("registry") in wanted:
+                continue
+            scope = _scope_of(e, old_scopes if isinstance(old_scopes, list) else [])
+            if hold_all or (e.get("registry") in held and scope is None):
+                kept = {k: v for k, v in e.items() if k != "namespaces"}
+                entries.append({**kept, "scope": None if scope is None else scopes.add(scope)})
+    document = {"version": CREDENTIALS_VERSION, "scopes": scopes.table, "entries": entries}
+    return (json.dumps(document, indent=1) + "\n").encode()
 
 
 def load_provider_config(current: bytes, path: str, fmt: str) -> dict[str, Any]:
