@@ -108,10 +108,14 @@ def _jwt(claims: dict[str, Any]) -> str:
     return f"{part({'alg': 'RS256'})}.{part(claims)}.c2lnbmF0dXJl"
 
 
+CURRENT = {"nbf": 1_000_000_000, "exp": 4_102_444_800}
+"""Time claims of a token current from 2001 to 2100: no test depends on the clock's reading."""
+
+
 def _pod_token(namespace: str) -> str:
     """The claims of a token the kubelet gets for a pod (TokenRequest bound to the pod)."""
     return _jwt({
-        "aud": ["nodeagent"], "sub": f"system:serviceaccount:{namespace}:default",
+        "aud": ["nodeagent"], "sub": f"system:serviceaccount:{namespace}:default", **CURRENT,
         "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": "default", "uid": "u"},
                           "pod": {"name": "p", "uid": "pu"}, "node": {"name": "node-a", "uid": "nu"}},
     })  # fmt: skip
@@ -255,6 +259,7 @@ def test_plugin_answers_every_api_version(tmp_path: Path, api: str) -> None:
     path = tmp_path / "credentials.json"
     entry = {"key": "r.example.com", "username": "u", "password": "p", "scope": None}
     path.write_text(json.dumps({"version": plugin.CREDENTIALS_VERSION, "scopes": [], "entries": [entry]}))
+    path.chmod(0o600)
     out = io.StringIO()
     request = json.dumps({"apiVersion": api, "kind": "CredentialProviderRequest", "image": "r.example.com/app"})
     assert 0 == plugin.run(io.StringIO(request), out, ["--credentials", str(path)])
@@ -281,7 +286,8 @@ def test_plugin_without_a_usable_file_says_so_in_one_line(tmp_path: Path, conten
     ("token", "namespace"),
     [
         (_pod_token("team-a"), "team-a"),
-        (_jwt({"sub": "system:serviceaccount:ci-1:builder"}), "ci-1"),
+        (_jwt({"sub": "system:serviceaccount:ci-1:builder", **CURRENT}), "ci-1"),
+        (_jwt({"sub": "system:serviceaccount:ci-1:builder"}), None),  # no exp: not a token the kubelet got
         (_jwt({"sub": "system:node:node-a"}), None),
         ("not-a-jwt", None),
         ("a.%%%.c", None),
@@ -290,8 +296,27 @@ def test_plugin_without_a_usable_file_says_so_in_one_line(tmp_path: Path, conten
     ],
 )
 def test_token_namespace(token: Any, namespace: str | None) -> None:
-    """The namespace comes from the token's kubernetes.io claim (else its sub); nothing else is guessed."""
-    assert namespace == plugin.token_namespace(token)
+    """The namespace comes from a current token's kubernetes.io claim (else its sub)."""
+    assert namespace == plugin.token_namespace(token, now=2_000_000_000)
+
+
+@pytest.mark.parametrize(
+    ("claims", "now", "served"),
+    [
+        ({"nbf": 100, "exp": 700}, 400, True),
+        ({"nbf": 100, "exp": 700}, 700 + plugin.TOKEN_LEEWAY, False),  # expired
+        ({"nbf": 100, "exp": 700}, 100 - plugin.TOKEN_LEEWAY - 1, False),  # not yet valid
+        ({"exp": 700}, 400, True),
+        ({"nbf": 100}, 400, False),  # no exp
+        ({"nbf": 100, "exp": "700"}, 400, False),
+        ({"nbf": 100, "exp": True}, 400, False),
+    ],
+)
+def test_an_expired_token_gets_no_scoped_credentials(claims: dict[str, Any], now: float, served: bool) -> None:
+    """exp and nbf are checked (with a small leeway for clock difference): an expired token's
+    namespace is not believed, so the request gets node-wide credentials only."""
+    token = _jwt({"sub": "system:serviceaccount:team-a:default", **claims})
+    assert ("team-a" if served else None) == plugin.token_namespace(token, now=now)
 
 
 @pytest.mark.parametrize("value", ["", " , ", "Team", "a_b", "x" * 64, 5])
@@ -380,3 +405,25 @@ def test_a_scoped_secret_without_the_provider_is_a_warning(tmp_path: Path) -> No
     )
     assert ["team.example.com"] == [w.registry for w in report.warnings]
     assert not (root / "var/lib/kubelet/config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "answered"), [(0o600, 0, True), (0o666, 0, False), (0o640, 0, False), (0o600, 1, False)]
+)
+def test_plugin_serves_only_a_private_file_of_its_own_user(
+    tmp_path: Path, mode: int, owner: int, answered: bool
+) -> None:
+    """A credentials file others can read or write, or another user's, is refused with one line."""
+    import os
+
+    if os.geteuid() != 0 and owner != 0:
+        pytest.fail("this test changes a file's owner: it runs as root, as CI does")
+    path = tmp_path / "credentials.json"
+    entry = {"key": "r.example.com", "username": "u", "password": "p", "scope": None}
+    path.write_text(json.dumps({"version": plugin.CREDENTIALS_VERSION, "scopes": [], "entries": [entry]}))
+    path.chmod(mode)
+    os.chown(path, os.geteuid() + owner, -1)
+    out, err = io.StringIO(), io.StringIO()
+    request = json.dumps({"apiVersion": API, "kind": "CredentialProviderRequest", "image": "r.example.com/app"})
+    code = plugin.run(io.StringIO(request), out, ["--credentials", str(path)], err)
+    assert (0 if answered else 1, 0 if answered else 1) == (code, err.getvalue().count("\n"))

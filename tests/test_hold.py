@@ -18,7 +18,7 @@ from nodeagent.config import ContainerdSettings, ProviderSettings, SyncSettings
 from nodeagent.host.hostfs import HostFS
 from nodeagent.model.credentials import ParseResult, parse_secret
 from nodeagent.reconcile import sync
-from nodeagent.targets.provider import _scope_of
+from nodeagent.targets.provider import entry_scope
 from tests.conftest import b64, docker_config
 
 
@@ -96,5 +96,5 @@ def test_an_unknown_source_keeps_its_scoped_entries_and_others_rescope(host_root
     b2 = _secret("b", {"b.example.com": ("ub", "pb-1")}, namespaces="team-b, team-c")
     sync(HostFS(host_root), settings, [b2], hold_all=True)
     document = json.loads((host_root / "var/lib/nodeagent/provider-credentials.json").read_text())
-    scopes = {e["key"]: _scope_of(e, document["scopes"]) for e in document["entries"]}
+    scopes = {e["key"]: entry_scope(e, document["scopes"]) for e in document["entries"]}
     assert {"a.example.com": ("team-a",), "b.example.com": ("team-b", "team-c")} == scopes

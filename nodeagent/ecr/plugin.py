@@ -318,9 +318,15 @@ def keyring_matches(image: str, keys: list[str]) -> list[str]:
     return found
 
 
-def token_namespace(token: Any) -> str | None:
-    """The namespace in a ServiceAccount token's claims. The kubelet minted the token for the pod
-    it is pulling for and runs this plugin as root: the claims are trusted, not verified."""
+TOKEN_LEEWAY = 30.0
+"""Seconds of clock difference between the API server that minted a token and this node."""
+
+
+def token_namespace(token: Any, *, now: float | None = None) -> str | None:
+    """The namespace in a ServiceAccount token's claims, when the token is current (``exp`` in the
+    future and ``nbf``, if any, past, within :data:`TOKEN_LEEWAY`). The kubelet minted the token
+    for the pod it is pulling for and runs this plugin as root: the signature is not verified,
+    but an expired token (a replayed request, a stale cache) gets no scoped credentials."""
     if not isinstance(token, str) or token.count(".") != 2:
         return None
     payload = token.split(".")[1]
@@ -329,6 +335,10 @@ def token_namespace(token: Any) -> str | None:
     except ValueError:
         return None
     if not isinstance(claims, dict):
+        return None
+    now = time.time() if now is None else now
+    expires, not_before = _number(claims.get("exp")), _number(claims.get("nbf", 0))
+    if expires is None or not_before is None or now >= expires + TOKEN_LEEWAY or now + TOKEN_LEEWAY < not_before:
         return None
     namespace = (
         (claims.get("kubernetes.io") or {}).get("namespace") if isinstance(claims.get("kubernetes.io"), dict) else None
@@ -339,12 +349,28 @@ def token_namespace(token: Any) -> str | None:
     return namespace or None
 
 
+def _number(value: Any) -> float | None:
+    """A JSON number as a float (a bool, a string or an infinity is not one)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def _read_credentials(path: str) -> tuple[list[dict[str, Any]], list[Any]]:
-    """The entries and the scopes of the agent's credentials file, or PluginError."""
+    """The entries and the scopes of the agent's credentials file, or PluginError. The file must
+    be the one the agent writes: owned by the user running the plugin (root, under the kubelet)
+    and private (mode 0600); another user's, or one others can write or read, is refused."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise PluginError(f"cannot read {path}: {exc.strerror or exc} (is nodeagent installed on this node?)") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise PluginError(
+            f"{path} is owned by uid {st.st_uid} with mode {st.st_mode & 0o777:o}; it must be owned by uid "
+            f"{os.geteuid()} and private (0600): refusing it"
+        )
     try:
         with os.fdopen(fd, "rb") as handle:
             document = loads_strict(handle.read(16 << 20))

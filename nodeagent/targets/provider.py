@@ -49,6 +49,7 @@ __all__ = [
     "Rendered",
     "catch_all_images",
     "ecr_entry",
+    "entry_scope",
     "kubelet_load_problem",
     "kubelet_view",
     "load_provider_config",
@@ -189,7 +190,7 @@ class _Scopes:
         return self._index[key]
 
 
-def _scope_of(entry: dict[str, Any], scopes: Sequence[Any]) -> tuple[str, ...] | None:
+def entry_scope(entry: dict[str, Any], scopes: Sequence[Any]) -> tuple[str, ...] | None:
     """The namespaces an entry of a file already written is scoped to (None: node-wide); version 1
     entries carry them, version 2 entries name a scope of the table."""
     if isinstance(entry.get("namespaces"), list):
@@ -245,7 +246,7 @@ def render_credentials_file(
         for e in previous if isinstance(previous, list) else []:
             if not isinstance(e, dict) or e.get("registry") in wanted:
                 continue
-            scope = _scope_of(e, old_scopes if isinstance(old_scopes, list) else [])
+            scope = entry_scope(e, old_scopes if isinstance(old_scopes, list) else [])
             if hold_all or (e.get("registry") in held and scope is None):
                 kept = {k: v for k, v in e.items() if k != "namespaces"}
                 entries.append({**kept, "scope": None if scope is None else scopes.add(scope)})

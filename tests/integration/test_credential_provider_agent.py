@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from nodeagent.targets.provider import entry_scope
 from tests.conftest import FIGURES
 from tests.fake_kube import FakeKube
 from tests.integration.conftest import SENTINEL, AgentProcess, dockerconfig, wait_for
@@ -52,8 +53,11 @@ def test_rotation_reaches_the_kubelets_next_pull(kube: FakeKube, start_agent: St
         "first sync",
     )  # fmt: skip
     assert {"r.example.com": f"{SENTINEL}-1"} == agent.passwords()  # config.json: never the scoped Secret
-    entries = json.loads(credentials.read_text())["entries"]
-    assert [("team.example.com", ["team-a"]), ("r.example.com", None)] == [(e["key"], e["namespaces"]) for e in entries]
+    document = json.loads(credentials.read_text())
+    scopes = [entry_scope(e, document["scopes"]) for e in document["entries"]]
+    assert [("team.example.com", ("team-a",)), ("r.example.com", None)] == [
+        (e["key"], scope) for e, scope in zip(document["entries"], scopes, strict=True)
+    ]
     assert 0o600 == credentials.stat().st_mode & 0o777
     kubelet = KubeletPlugins(_local_config(agent.host_root), agent.host_root / BIN)
     try:
