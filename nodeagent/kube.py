@@ -207,14 +207,21 @@ class KubernetesClient:
         from kubernetes.client import ApiException
 
         taints = (self.get_node(name).get("spec") or {}).get("taints") or []
-        index = next((i for i, t in enumerate(taints) if isinstance(t, dict) and t.get("key") == key), None)
-        if index is None:
+        indexes = [i for i, t in enumerate(taints) if isinstance(t, dict) and t.get("key") == key]
+        if not indexes:
             return False
-        # A JSON patch that tests the key first: a list changed since the read fails (422), not
-        # removes someone else's taint.
+        # Every taint with the key (one per effect: NoSchedule and NoExecute may both be there) in
+        # one JSON patch, the last first so the earlier indexes hold, each tested first: a list
+        # changed since the read fails (422) rather than removes someone else's taint; and one
+        # patch leaves the list as the Node policy allows (all of ours gone), where a patch per
+        # taint would be refused half way.
         body = [
-            {"op": "test", "path": f"/spec/taints/{index}/key", "value": key},
-            {"op": "remove", "path": f"/spec/taints/{index}"},
+            op
+            for index in reversed(indexes)
+            for op in (
+                {"op": "test", "path": f"/spec/taints/{index}/key", "value": key},
+                {"op": "remove", "path": f"/spec/taints/{index}"},
+            )
         ]
         try:
             self._core.patch_node(

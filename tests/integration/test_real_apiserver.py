@@ -221,6 +221,26 @@ def test_agent_with_the_chart_token(apiserver: RealAPIServer, chart_token: str, 
     assert "SENTINEL" not in log_path.read_text()  # no password of either Secret in the log
 
 
+def test_a_startup_taint_of_two_effects_is_removed_whole(
+    apiserver: RealAPIServer, chart_token: str, tmp_path: Path
+) -> None:
+    """The startup taint registered with NoSchedule and NoExecute: the agent's one patch removes
+    both, which the Node policy allows (one patch per taint would be refused half way, forever),
+    and keeps every other taint."""
+    key = STARTUP_TAINT["key"]
+    status, node = apiserver.request("GET", "/api/v1/nodes/node-a")
+    others = [t for t in node["spec"].get("taints", []) if t["key"] not in (key, "node.kubernetes.io/not-ready")]
+    taints = [others[0], {"key": key, "effect": "NoSchedule"}, *others[1:], {"key": key, "effect": "NoExecute"}]
+    patch = [{"op": "replace", "path": "/spec/taints", "value": taints}]
+    status, _ = apiserver.request("PATCH", "/api/v1/nodes/node-a", patch, content_type="application/json-patch+json")
+    assert 200 == status
+    api = KubernetesClient(str(apiserver.kubeconfig(tmp_path / "kubeconfig.json", chart_token)))
+    assert api.remove_node_taint("node-a", key)
+    left = apiserver.request("GET", "/api/v1/nodes/node-a")[1]["spec"].get("taints", [])
+    assert others == [t for t in left if t["key"] != "node.kubernetes.io/not-ready"]
+    assert not api.remove_node_taint("node-a", key)
+
+
 class _RecordingAPI:
     """The agent's own client, recording what the server answered: lists made, and every watch
     that ended in an error (an ERROR event's code, or the HTTP status of a refused watch)."""
