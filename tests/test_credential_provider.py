@@ -427,3 +427,23 @@ def test_plugin_serves_only_a_private_file_of_its_own_user(
     request = json.dumps({"apiVersion": API, "kind": "CredentialProviderRequest", "image": "r.example.com/app"})
     code = plugin.run(io.StringIO(request), out, ["--credentials", str(path)], err)
     assert (0 if answered else 1, 0 if answered else 1) == (code, err.getvalue().count("\n"))
+
+
+@pytest.mark.parametrize(
+    ("annotations", "warned"),
+    [
+        ({"nodeagent.io/namespace": "team-a"}, ["'nodeagent.io/namespaces'"]),
+        ({"nodeagent.io/nodeselector": "pool=x"}, ["'nodeagent.io/node-selector'"]),
+        ({"nodeagent.io/whatever": "x"}, ["nodeagent reads"]),
+        ({"nodeagent.io/namespaces": "team-a", "other.io/namespace": "x"}, []),
+    ],
+)
+def test_an_unknown_nodeagent_annotation_is_a_warning(annotations: dict[str, str], warned: list[str]) -> None:
+    """A misspelt nodeagent.io/ annotation is named in a warning (with the closest known key),
+    so a Secret meant to be scoped does not become node-wide unsaid; other prefixes are not ours."""
+    data = base64.b64encode(json.dumps({"auths": {"r.example.com": {"auth": b64("u:p")}}}).encode()).decode()
+    metadata = {"annotations": annotations}
+    secret = {"type": "kubernetes.io/dockerconfigjson", "metadata": metadata, "data": {".dockerconfigjson": data}}
+    result = parse_secret(secret, source="secret:ns/s")
+    assert len(warned) == len(result.warnings)
+    assert all(hint in w.reason for hint, w in zip(warned, result.warnings, strict=True))

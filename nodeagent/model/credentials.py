@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import difflib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,8 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_INPUT_BYTES",
     "NAMESPACES_ANNOTATION",
+    "NODE_SELECTOR_ANNOTATION",
+    "SECRET_ANNOTATIONS",
     "EntryProblem",
     "Format",
     "MergeResult",
@@ -37,6 +40,7 @@ __all__ = [
     "parse_namespaces",
     "parse_secret",
     "safe_key",
+    "unknown_annotations",
 ]
 
 MAX_INPUT_BYTES = 1024 * 1024
@@ -261,6 +265,29 @@ def _secret_strings(entry: Any) -> set[str]:
 
 
 NAMESPACES_ANNOTATION = "nodeagent.io/namespaces"
+NODE_SELECTOR_ANNOTATION = "nodeagent.io/node-selector"
+SECRET_ANNOTATIONS = (NAMESPACES_ANNOTATION, NODE_SELECTOR_ANNOTATION)
+"""The annotations of a source Secret nodeagent reads; any other ``nodeagent.io/`` key is a warning
+(a misspelt ``nodeagent.io/namespace`` would otherwise make a scoped Secret node-wide unsaid)."""
+
+
+def unknown_annotations(annotations: Any, *, source: str) -> tuple[EntryProblem, ...]:
+    """A warning for every ``nodeagent.io/`` annotation nodeagent does not read, naming the closest
+    known one."""
+    if not isinstance(annotations, Mapping):
+        return ()
+    problems = []
+    for key in sorted(str(k) for k in annotations):
+        if key.startswith("nodeagent.io/") and key not in SECRET_ANNOTATIONS:
+            names = [known.split("/", 1)[1] for known in SECRET_ANNOTATIONS]
+            close = difflib.get_close_matches(key.split("/", 1)[1], names, n=1, cutoff=0.7)
+            hint = f" (did you mean 'nodeagent.io/{close[0]}'?)" if close else ""
+            hint = hint or f" (nodeagent reads {', '.join(SECRET_ANNOTATIONS)})"
+            reason = f"unknown annotation {safe_key(key)!s} is ignored{hint}"
+            problems.append(EntryProblem(key="*", registry=None, reason=reason, source=source))
+    return tuple(problems)
+
+
 _NAMESPACE_GLOB = re.compile(r"[a-z0-9*]([-a-z0-9*]{0,61}[a-z0-9*])?")
 
 
@@ -316,7 +343,8 @@ def parse_secret(secret: Mapping[str, Any], *, source: str) -> ParseResult:
     except (binascii.Error, ValueError):
         raise InputError(source, f"Secret key '{data_key}' is not valid base64") from None
     result = parse_docker_config(raw, source=source, fmt=fmt)
-    return dataclasses.replace(result, namespaces=namespaces) if namespaces else result
+    warnings = result.warnings + unknown_annotations(annotations, source=source)
+    return dataclasses.replace(result, namespaces=namespaces or None, warnings=warnings)
 
 
 def merge_credentials(results: Sequence[ParseResult] | Iterable[ParseResult]) -> MergeResult:

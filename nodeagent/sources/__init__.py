@@ -12,11 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from nodeagent.model.credentials import ParseResult
+from nodeagent.model.credentials import NODE_SELECTOR_ANNOTATION, ParseResult
 
 __all__ = ["NODE_SELECTOR_ANNOTATION", "Backoff", "SourceUpdate", "UpdateKind", "UpdateSink"]
 
-NODE_SELECTOR_ANNOTATION = "nodeagent.io/node-selector"
 
 UpdateKind = Literal["data", "invalid", "deleted", "absent", "unreadable"]
 """``unreadable``: the API refused the agent (401/403); the source's state is unknown, not empty."""
