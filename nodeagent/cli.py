@@ -71,6 +71,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+EXIT_CONFLICT = 4
+"""cleanup: something could not be given back (a file it cannot edit); what is needed to do it later is kept."""
 EXIT_DOCTOR_FAILED = 3
 """doctor could not finish (its own failure), distinct from 1 (warnings) and 2 (failures found)."""
 
@@ -357,13 +359,19 @@ def _cmd_cleanup(args: argparse.Namespace, log: Any) -> int:
     settings = _settings(args)
     listen = args.listen if args.wait else None
     report = cleanup(HostFS(settings.host_root), settings)
-    log.info("cleanup_done", written=report.written, removed=report.removed)
+    _log_problems(log, "entry_warning", report.warnings, "warning")
+    _log_problems(log, "cleanup_conflict", report.conflicts, "error")
+    log.info("cleanup_done", written=report.written, removed=report.removed, conflicts=len(report.conflicts))
     if report.containerd_auth_changed:
         log.warning(
             "containerd_restart_pending",
             why="nodeagent's credentials were removed from containerd's config; containerd reads it only at start",
             fix="restart containerd when convenient (systemctl restart containerd)",
         )
+    if report.conflicts:
+        # Not "cleaned up": under --wait the pod restarts and tries again (the uninstall hook's
+        # Job waits for it, then names it), and the kept records and backups make a retry whole.
+        return EXIT_CONFLICT
     if listen is not None:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

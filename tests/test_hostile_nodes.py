@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodeagent.config import ContainerdSettings, SyncSettings
-from nodeagent.errors import TargetError
+from nodeagent.errors import NodeagentError, TargetError
 from nodeagent.host.hostfs import HostFS
 from nodeagent.model.credentials import parse_docker_config
 from nodeagent.model.registry_settings import parse_registry_settings
@@ -163,3 +163,103 @@ def test_hostile_node_config_json(tmp_path_factory: Any, node_file: bytes, hosts
         return
     keys = {c.key for c in kubelet_read_config(path.read_bytes())}
     assert set(hosts) <= keys
+
+
+def _flat(document: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    items: list[tuple[tuple[str, ...], Any]] = []
+    for key, value in document.items():
+        items += _flat(value, (*prefix, key)) if isinstance(value, dict) else [((*prefix, key), value)]
+    return items
+
+
+def _dotted(document: dict[str, Any], depth: int) -> str:
+    """The same document with every key path written as dotted keys under tables ``depth`` deep
+    (what an administrator's reformatting, or another tool, may leave)."""
+    by_table: dict[tuple[str, ...], list[tuple[tuple[str, ...], Any]]] = {}
+    for path, value in _flat(document):
+        head = path[: min(depth, len(path) - 1)]
+        by_table.setdefault(head, []).append((path[len(head) :], value))
+    lines = []
+    for head, pairs in by_table.items():
+        if head:
+            lines.append("[" + ".".join(json.dumps(h) for h in head) + "]")
+        lines += [".".join(json.dumps(k) for k in rest) + " = " + json.dumps(value) for rest, value in pairs]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    node_hosts=st.lists(st.sampled_from(["r.example", "node.example"]), max_size=2, unique=True),
+    secret_hosts=st.lists(st.sampled_from(["r.example", "other.example"]), min_size=1, max_size=2, unique=True),
+    depth=st.integers(0, 6),
+)
+def test_a_config_toml_rewritten_in_dotted_keys_never_crashes_release(
+    tmp_path_factory: Any, node_hosts: list[str], secret_hosts: list[str], depth: int
+) -> None:
+    """After the agent wrote its credentials, config.toml is rewritten in dotted keys (containerd
+    reads it the same): a pass whose containerd set becomes empty and cleanup raise nothing but
+    the project's errors; a file they cannot edit stays as it is, its ledger record and backup
+    are kept (the node's own credential can still be restored), and cleanup names the conflict."""
+    from nodeagent.model.ledger import Ledger
+
+    host_root = tmp_path_factory.mktemp("host")
+    (host_root / "var/lib/kubelet").mkdir(parents=True)
+    path = host_root / "etc/containerd/config.toml"
+    path.parent.mkdir(parents=True)
+    node = "".join(_auth_lines(h, "node-user", "tables") for h in node_hosts)
+    path.write_text("version = 2\n" + node)
+    settings_ = SyncSettings(host_root=str(host_root), containerd=ContainerdSettings(auth=True))
+    secret = json.dumps({"auths": {h: {"auth": b64("u:p")} for h in secret_hosts}}).encode()
+    fs = HostFS(host_root)
+    sync(fs, settings_, [parse_docker_config(secret, source="s")])
+    document = tomllib.loads(path.read_text())
+    version = document.pop("version")
+    path.write_text(f"version = {version}\n" + _dotted(document, depth))
+    rewritten = path.read_text()
+    ledger_path = host_root / "var/lib/nodeagent/state.json"
+    record = Ledger.load(ledger_path.read_bytes(), source="l").files.get("/etc/containerd/config.toml")
+    for step in ("empty pass", "cleanup"):
+        try:
+            report = sync(fs, settings_, []) if step == "empty pass" else cleanup(fs, settings_)
+        except NodeagentError:
+            continue
+        if path.read_text() == rewritten:
+            if record is not None:  # not released: what restores the node is kept
+                kept = Ledger.load(ledger_path.read_bytes(), source="l").files.get("/etc/containerd/config.toml")
+                assert record == kept, step
+                assert not record.backup or (host_root / record.backup.lstrip("/")).exists()
+                assert any(c.source == "/etc/containerd/config.toml" for c in report.conflicts), step
+        else:
+            _check_config_toml(path, rewritten)
+    tried["config.toml"] += 1
+    _record()
+
+
+def test_cleanup_that_cannot_release_exits_4_and_names_the_file(tmp_path: Path) -> None:
+    """The CLI: cleanup of a config.toml it cannot edit exits 4 and names the file; a second
+    cleanup after the file is made editable again restores the node's own credential."""
+    import subprocess
+    import sys
+
+    host_root = tmp_path / "host"
+    (host_root / "var/lib/kubelet").mkdir(parents=True)
+    path = host_root / "etc/containerd/config.toml"
+    path.parent.mkdir(parents=True)
+    original = "version = 2\n" + _auth_lines("r.example", "node-user", "tables")
+    path.write_text(original)
+    source = tmp_path / "creds.json"
+    source.write_text(json.dumps({"auths": {"r.example": {"auth": b64("u:p")}, "other.example": {"auth": b64("o:p")}}}))
+    base = [sys.executable, "-m", "nodeagent"]
+    common = ["--host-root", str(host_root), "--containerd-auth", "--log-format", "json"]
+    subprocess.run([*base, "sync", "--from-file", str(source), *common], check=True, capture_output=True)
+    agent_version = path.read_text()
+    document = tomllib.loads(agent_version)
+    path.write_text("version = 2\n" + _dotted({k: v for k, v in document.items() if k != "version"}, 1))
+    result = subprocess.run([*base, "cleanup", *common[:2], "--log-format", "json"], capture_output=True, text=True)
+    assert 4 == result.returncode, result.stderr
+    assert "cleanup_conflict" in result.stdout + result.stderr
+    assert "/etc/containerd/config.toml" in result.stdout + result.stderr
+    path.write_text(agent_version)  # the administrator puts the tables back
+    again = subprocess.run([*base, "cleanup", *common[:2]], capture_output=True, text=True)
+    assert 0 == again.returncode, again.stderr
+    assert original == path.read_text()

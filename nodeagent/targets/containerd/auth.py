@@ -190,7 +190,9 @@ def render_config_auth(
         content = tomlkit.dumps(document).encode()
     except TargetError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # tomlkit on an odd layout
+    except Exception as exc:  # tomlkit editing a layout it does not handle raises
+        # anything (IndexError on dotted keys, ValueError, KeyError...): the one answer is "cannot
+        # edit this file", never a crash of the pass or of cleanup.
         raise TargetError(path, _LAYOUT_REFUSAL.format(type(exc).__name__)) from None
     try:
         rendered = loads_toml(content)
@@ -351,7 +353,11 @@ class AuthPlanning(PlanContext):
                     current=current, setup=detect_setup(path, current), desired={}, record=record, path=path
                 ).content
             except TargetError as exc:
-                self.plan.conflicts.append(_problem("*", exc.reason, path))
+                # Not released: the record and the backup stay (they are what restores the node's
+                # own credentials once the file can be edited), and the conflict names the file.
+                self.plan.conflicts.append(_problem("*", f"not released: {exc.reason}", path))
+                self.plan.records[path] = record
+                return
         if new != current:
             self.change(path, current, new, self.mode_of(path) or 0o644)
             self.plan.restart = True
