@@ -358,7 +358,23 @@ def _cmd_sync(args: argparse.Namespace, log: Any, redactor: Any) -> int:
 def _cmd_cleanup(args: argparse.Namespace, log: Any) -> int:
     settings = _settings(args)
     listen = args.listen if args.wait else None
-    report = cleanup(HostFS(settings.host_root), settings)
+    hostfs = HostFS(settings.host_root)
+    # No agent may run on the node while it is cleaned (its drift repair would undo the cleanup
+    # within milliseconds): refuse, or under --wait (the uninstall hook) wait for it to be gone,
+    # and keep the lock until this process ends so none starts writing again meanwhile.
+    presence = None if settings.dry_run else hostfs.presence(settings.state_dir, exclusive=True)
+    while presence is None and not settings.dry_run:
+        if not args.wait:
+            log.error(
+                "agent_running",
+                why="a nodeagent agent is running on this node and would put back what cleanup removes",
+                fix="stop it first (helm uninstall does; or kubectl delete the DaemonSet), then run cleanup",
+            )
+            return EXIT_FAILED
+        log.info("waiting_for_the_agent_to_stop", lock=f"{settings.state_dir}/running")
+        time.sleep(1.0)
+        presence = hostfs.presence(settings.state_dir, exclusive=True)
+    report = cleanup(hostfs, settings)
     _log_problems(log, "entry_warning", report.warnings, "warning")
     _log_problems(log, "cleanup_conflict", report.conflicts, "error")
     log.info("cleanup_done", written=report.written, removed=report.removed, conflicts=len(report.conflicts))

@@ -181,8 +181,38 @@ class Agent:
             watch.start()
         return watches
 
+    def _stand_by_for_cleanup(self) -> int | None:
+        """Hold the node's presence lock (shared) while running; while a ``cleanup`` holds it
+        (uninstall), write nothing: wait, so a cleanup is never undone by this agent's drift
+        repair. The descriptor, or None when asked to stop while waiting."""
+        state_dir = self.settings.sync.state_dir
+        waited = False
+        while not self.stop.is_set():
+            fd = self.hostfs.presence(state_dir, exclusive=False)
+            if fd is not None:
+                if waited:
+                    self.log.info("cleanup_finished_starting")
+                return fd
+            if not waited:
+                self.log.warning(
+                    "standing_down_for_cleanup",
+                    why=f"nodeagent cleanup holds {state_dir}/running: the agent writes nothing until it is done",
+                )
+                waited = True
+            self.stop.wait(1.0)
+        return None
+
     def run(self) -> int:
         """Start every part, run the loop until ``stop`` is set; return the process exit code."""
+        presence = self._stand_by_for_cleanup()
+        if presence is None:
+            return 0
+        try:
+            return self._run()
+        finally:
+            os.close(presence)
+
+    def _run(self) -> int:
         server = HealthServer(
             self.settings.observe.listen_host, self.settings.observe.listen_port, alive=self.alive, ready=self.ready,
             metrics=self.metrics.render,
