@@ -28,6 +28,14 @@ def aws() -> Iterator[AwsPeer]:
     peer.stop()
 
 
+NODE_PROVIDER = {
+    "name": "ecr-credential-provider",
+    "matchImages": ["*.dkr.ecr.*.amazonaws.com"],
+    "defaultCacheDuration": "12h",
+    "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+}
+
+
 def _aws_env(peer: AwsPeer, tmp_path: Path) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL": peer.url,
@@ -47,11 +55,13 @@ def test_run_ecr_installs_serves_and_cleans_up(
     kube.put_secret("ns", "creds", data={".dockerconfigjson": dockerconfig({"r.example.com": SENTINEL})})
 
     def prepare(root: Path) -> None:
+        # An EKS node as it boots: AWS's own provider configured and its binary in the bin dir.
         config = root / "etc/eks/image-credential-provider/config.json"
         config.parent.mkdir(parents=True)
-        config.write_text(
-            json.dumps({"apiVersion": "kubelet.config.k8s.io/v1", "kind": "CredentialProviderConfig", "providers": []})
-        )
+        document = {"apiVersion": "kubelet.config.k8s.io/v1", "kind": "CredentialProviderConfig"}
+        config.write_text(json.dumps({**document, "providers": [NODE_PROVIDER]}))
+        (config.parent / NODE_PROVIDER["name"]).write_text("#!/bin/sh\nexit 1\n")
+        (config.parent / NODE_PROVIDER["name"]).chmod(0o755)
 
     agent = start_agent(
         "--secret", "ns/creds", "--ecr", "--provider-preset", "eks", "--ecr-registries", ECR_HOST,
@@ -63,13 +73,13 @@ def test_run_ecr_installs_serves_and_cleans_up(
     plugin = root / "etc/eks/image-credential-provider/nodeagent-ecr-credential-provider"
     assert 0o755 == stat.S_IMODE(plugin.stat().st_mode)
     providers = json.loads((root / "etc/eks/image-credential-provider/config.json").read_text())["providers"]
-    assert ["nodeagent-ecr-credential-provider"] == [p["name"] for p in providers]
+    assert ["ecr-credential-provider", "nodeagent-ecr-credential-provider"] == [p["name"] for p in providers]
     assert 0o600 == stat.S_IMODE((root / "var/lib/nodeagent/ecr-tokens.json").stat().st_mode)
 
     # The kubelet's view: run the installed plugin with the args from the installed config.
     args = [
         a.replace("/var/lib/nodeagent", str(root / "var/lib/nodeagent")).replace("/run/", str(root / "run") + "/")
-        for a in providers[0]["args"]
+        for a in providers[1]["args"]
     ]
     request = {
         "apiVersion": "credentialprovider.kubelet.k8s.io/v1beta1",
@@ -94,7 +104,9 @@ def test_run_ecr_installs_serves_and_cleans_up(
     )  # fmt: skip
     assert 0 == done.returncode, done.stderr
     assert not plugin.exists()
-    assert [] == json.loads((root / "etc/eks/image-credential-provider/config.json").read_text())["providers"]
+    assert [NODE_PROVIDER] == json.loads((root / "etc/eks/image-credential-provider/config.json").read_text())[
+        "providers"
+    ]
     assert not (root / "var/lib/nodeagent/ecr-tokens.json").exists()
     assert not (root / "var/lib/kubelet/config.json").exists()
     assert SENTINEL not in done.stdout + done.stderr
