@@ -228,8 +228,19 @@ def _plan(
     failure is a conflict (its records stay as they were); any other target's fails the pass."""
     plans: list[tuple[Target, Plan]] = []
     new_ledger = Ledger(files=dict(ledger.files), revision=report.revision)
+    state_dir = settings.state_dir.rstrip("/") + "/"
     for target in targets(settings):
-        records = {p: r for p, r in ledger.files.items() if r.target in target.kinds}
+        records = {}
+        for path, record in ledger.files.items():
+            if record.target not in target.kinds:
+                continue
+            if target.trusts(path, record) and (not record.backup or record.backup.startswith(state_dir)):
+                records[path] = record
+                continue
+            # An edited (or foreign) ledger naming a file nodeagent never writes, or a backup
+            # outside its state dir: never read, written or removed; it stays in the ledger.
+            reason = f"the ledger's {record.target} record names a file nodeagent never writes; ignored"
+            report.conflicts += (EntryProblem(key="*", registry=None, reason=reason, source=path),)
         try:
             plan = target.plan(host, desired, records)
         except (HostFSError, TargetError) as exc:

@@ -103,3 +103,8 @@ class Target(Protocol):
     """The ledger record kinds this target owns."""
 
     def plan(self, host: HostView, desired: Desired, records: Mapping[str, FileRecord]) -> Plan: ...
+
+    def trusts(self, path: str, record: FileRecord) -> bool:
+        """Whether ``path`` can be a file this target writes (by its name): a ledger record naming
+        any other file (an edited ledger) is never acted on."""
+        ...

@@ -214,6 +214,9 @@ class KubeletTarget:
         self.node_wide = node_wide
         """False with ``--provider-only``: node-wide credentials are served by the provider alone."""
 
+    def trusts(self, path: str, record: FileRecord) -> bool:
+        return path.endswith("/config.json")
+
     def plan(self, host: HostView, desired: Desired, records: Mapping[str, FileRecord]) -> Plan:
         current = host.read(self.path)
         record = records.get(self.path)

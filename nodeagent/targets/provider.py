@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_EXTENSIONS",
     "CONFIG_TARGET",
+    "CREDENTIALS_FILE",
     "CREDENTIALS_TARGET",
     "PLUGIN_NAME",
     "PLUGIN_TARGET",
@@ -67,6 +68,8 @@ PLUGIN_NAME = "nodeagent-ecr-credential-provider"
 STATIC_PLUGIN_NAME = "nodeagent-credential-provider"
 """The same plugin file, answering from the agent's credentials file for every registry."""
 CREDENTIALS_TARGET = ProviderCredentialsRecord.KIND
+CREDENTIALS_FILE = "provider-credentials.json"
+"""The credentials file's name in the state dir (``ProviderSettings.credentials_file``: a test pins them)."""
 MAX_LABELS = 10
 """Host label counts the catch-all covers (an ECR host in China has 7): each ``*`` in a
 ``matchImages`` pattern matches exactly one DNS label."""
@@ -477,6 +480,13 @@ class ProviderTarget:
 
     def __init__(self, settings: ProviderSettings | None, *, backup_path: str) -> None:
         self.settings, self.backup_path = settings, backup_path
+
+    def trusts(self, path: str, record: FileRecord) -> bool:
+        if record.target == PLUGIN_TARGET:
+            return path.rsplit("/", 1)[-1] in (PLUGIN_NAME, STATIC_PLUGIN_NAME)
+        if record.target == CREDENTIALS_TARGET:
+            return path.endswith("/" + CREDENTIALS_FILE)
+        return path.endswith(CONFIG_EXTENSIONS)
 
     def _active(self, host: HostView, desired: Desired) -> tuple[dict[str, str], list[dict[str, Any]]]:
         """The files to install, by path, and the provider entries of the config."""

@@ -129,6 +129,9 @@ class ContainerdTarget:
     def __init__(self, settings: ContainerdSettings | None, *, backup_path: str) -> None:
         self.settings, self.backup_path = settings, backup_path
 
+    def trusts(self, path: str, record: FileRecord) -> bool:
+        return path.endswith("/hosts.toml") if record.target == HOSTS_TARGET else path.endswith(".toml")
+
     def plan(self, host: HostView, desired: Desired, records: Mapping[str, FileRecord]) -> Plan:
         if desired.uninstall:
             settings = None
