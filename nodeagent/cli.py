@@ -63,6 +63,7 @@ from nodeagent.model.registry_settings import load_registry_settings
 from nodeagent.observe.health import HealthServer
 from nodeagent.observe.logging import configure_logging, get_logger
 from nodeagent.reconcile import SyncReport, cleanup, diff_changes, load_file_sources, redact_document, sync
+from nodeagent.sources import Backoff
 from nodeagent.targets.containerd import CONFIG_TARGET as CONTAINERD_CONFIG_TARGET
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
@@ -409,8 +410,18 @@ def _cmd_wait_cleanup(args: argparse.Namespace, log: Any, *, api: KubeAPI | None
     deadline = time.monotonic() + args.timeout
     status: dict[str, Any] = {}
     seen: tuple[int, int] | None = None
+    backoff = Backoff(base=1.0, cap=15.0)
     while time.monotonic() < deadline:
-        daemonset = api.get_daemonset(args.namespace, args.daemonset)
+        try:
+            daemonset = api.get_daemonset(args.namespace, args.daemonset)
+        except KubeError as exc:
+            # A restarting API server, a 429, a dropped connection: retried within the deadline
+            # (the Job has no retries of its own, and a failed hook fails helm uninstall).
+            delay = min(max(backoff.next(), exc.retry_after or 0.0), max(0.0, deadline - time.monotonic()))
+            log.warning("cleanup_status_unavailable", status=exc.status, error=str(exc), retry_in_s=round(delay, 1))
+            time.sleep(delay)
+            continue
+        backoff.reset()
         if daemonset is None:
             log.info("cleanup_daemonset_gone", daemonset=args.daemonset)
             return EXIT_OK
@@ -422,7 +433,12 @@ def _cmd_wait_cleanup(args: argparse.Namespace, log: Any, *, api: KubeAPI | None
             log.info("waiting_for_cleanup", nodes_clean=ready, nodes=desired)
         if observed and ready >= desired:  # (no node to clean at all: nothing to wait for)
             log.info("nodes_cleaned", nodes=ready)
-            api.delete_daemonset(args.namespace, args.daemonset)
+            try:
+                api.delete_daemonset(args.namespace, args.daemonset)
+            except KubeError as exc:
+                log.warning("cleanup_delete_failed", status=exc.status, error=str(exc))
+                time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
+                continue
             return EXIT_OK
         time.sleep(2)
     left = int(status.get("desiredNumberScheduled") or 0) - int(status.get("numberReady") or 0)

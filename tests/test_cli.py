@@ -292,3 +292,39 @@ def test_every_declared_default_is_a_value_its_settings_take(tmp_path: Path, mon
     assert ("0.0.0.0", 9808, 600.0) == observed  # noqa: S104 - the declared default, not a bind
     cleanup = cli.parse_args(["cleanup", "--wait"])
     assert (run.observe.listen_host, run.observe.listen_port) == cleanup.listen
+
+
+class _FlakyDaemonSetAPI:
+    """The cleanup DaemonSet's status through an API server that fails the first calls (503, a
+    429 with Retry-After, a dropped connection), then answers."""
+
+    def __init__(self) -> None:
+        from nodeagent.kube import KubeError
+
+        self.failures = [
+            KubeError("get", 503, "unavailable"),
+            KubeError("get", 429, "slow down", 0.1),
+            KubeError("get", None, "ConnectionResetError"),
+        ]
+        self.deleted = False
+
+    def get_daemonset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.failures:
+            raise self.failures.pop(0)
+        status = {"desiredNumberScheduled": 2, "numberReady": 2, "observedGeneration": 1}
+        return {"metadata": {"generation": 1}, "status": status}
+
+    def delete_daemonset(self, namespace: str, name: str) -> None:
+        self.deleted = True
+
+
+def test_wait_cleanup_rides_out_transient_api_errors() -> None:
+    """wait-cleanup retries a failing API server with backoff inside its deadline, then deletes
+    the cleanup DaemonSet (before, the first error failed the hook and helm uninstall)."""
+    from nodeagent import cli
+    from nodeagent.observe.logging import get_logger
+
+    args = cli.build_parser().parse_args(["wait-cleanup", "--daemonset", "x", "--timeout", "60"])
+    api = _FlakyDaemonSetAPI()
+    assert 0 == cli._cmd_wait_cleanup(args, get_logger(), api=api)  # type: ignore[arg-type]
+    assert ([], True) == (api.failures, api.deleted)
