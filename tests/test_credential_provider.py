@@ -127,6 +127,7 @@ _LABEL = st.from_regex(r"[a-z][a-z0-9]{0,4}", fullmatch=True)
 _KEY = st.one_of(
     st.builds(lambda a: f"{a}.example.com", _LABEL),
     st.builds(lambda a: f"{a}.example.com:5000", _LABEL),
+    st.builds(lambda a, p: f"{a}.example.com:{p}", _LABEL, st.sampled_from(["0080", "080", "00443", "05000", "65535"])),
     st.builds(lambda a, p: f"https://{a}.example.com/{p}", _LABEL, _LABEL),
     st.builds(lambda a: f"*.{a}.example", _LABEL),
     st.sampled_from(["docker.io", "https://index.docker.io/v1/", "10.0.0.1:5000", "localhost:5000", "ghcr.io"]),

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from nodeagent.ecr.plugin import CREDENTIALS_VERSION
+from nodeagent.ecr.plugin import CREDENTIALS_VERSION, keyring_key
 from nodeagent.errors import NodeagentError, TargetError
 from nodeagent.model.credentials import EntryProblem, MergeResult, RegistryCredential, ScopedCredential
 from nodeagent.model.decoding import DecodeError, loads_json, loads_yaml
@@ -132,16 +132,16 @@ def ecr_entry(args: list[str]) -> dict[str, Any]:
     }
 
 
-def catch_all_images(ports: Iterable[int]) -> list[str]:
+def catch_all_images(ports: Iterable[int | str]) -> list[str]:
     """``matchImages`` that send every image to the plugin: one glob per host label count (``*``
-    is one label), and the same again for each port (a port is compared exactly and cannot be a
-    glob). A registry on a port not listed here is not asked for: the kubelet reads the list at
-    start, so a new port needs a kubelet restart."""
+    is one label), and the same again for each port (a port is compared exactly, as a string,
+    and cannot be a glob: ``0080`` is not ``80``). A registry on a port not listed here is not
+    asked for: the kubelet reads the list at start, so a new port needs a kubelet restart."""
     globs = [".".join(["*"] * n) for n in range(1, MAX_LABELS + 1)]
-    return [*globs, *(f"{glob}:{port}" for port in sorted(set(ports)) for glob in globs)]
+    return [*globs, *(f"{glob}:{port}" for port in sorted({str(p) for p in ports}) for glob in globs)]
 
 
-def static_entry(*, credentials_file: str, ports: Iterable[int], audience: str | None) -> dict[str, Any]:
+def static_entry(*, credentials_file: str, ports: Iterable[int | str], audience: str | None) -> dict[str, Any]:
     """Our provider entry for every registry. ``defaultCacheDuration`` 0: the plugin's own
     answers say ``cacheDuration: 0s`` anyway, so a rotation reaches the very next pull. With an
     ``audience``, the kubelet passes each pod's ServiceAccount token (KEP-4412, k8s >= 1.33
@@ -162,16 +162,20 @@ def static_entry(*, credentials_file: str, ports: Iterable[int], audience: str |
     return entry
 
 
-def registry_ports(merged: MergeResult) -> set[int]:
-    """The ports of every registry the sources name (node-wide and scoped): the provider's
-    ``matchImages`` must list each one, as the kubelet compares ports exactly."""
-    ports: set[int] = set()
+def registry_ports(merged: MergeResult) -> set[str]:
+    """The ports of every registry the sources name (node-wide and scoped), as each key writes
+    it: the provider's ``matchImages`` must list each one, as the kubelet compares ports as
+    strings (config.json keys are matched the same way, so ``:0080`` in a key matches only
+    images with ``:0080``, and the provider must be asked for exactly those)."""
+    ports: set[str] = set()
     for credential in [*merged.credentials, *(s.credential for s in merged.scoped)]:
         try:
-            _, port = split_host_port(credential.registry.split("/", 1)[0])
+            split_host_port(credential.registry.split("/", 1)[0])  # a valid host[:port] at all
         except InvalidRegistry:
             continue
-        if port is not None:
+        host = keyring_key(credential.key).split("/", 1)[0]
+        port = host.rsplit(":", 1)[1] if ":" in host and not host.endswith("]") else ""
+        if port.isdigit():
             ports.add(port)
     return ports
 
@@ -506,7 +510,7 @@ class ProviderTarget:
         if provider.credentials:
             active[provider.static_plugin_path] = PLUGIN_TARGET
             active[provider.credentials_file] = CREDENTIALS_TARGET
-            ports = {*provider.ports, *registry_ports(desired.merged)}
+            ports = {*map(str, provider.ports), *registry_ports(desired.merged)}
             entries.append(
                 static_entry(credentials_file=provider.credentials_file, ports=ports, audience=provider.audience)
             )
