@@ -104,6 +104,10 @@ class ProviderSettings:
         return str(PurePosixPath(self.bin_dir) / "nodeagent-credential-provider")
 
     @property
+    def scoped_plugin_path(self) -> str:
+        return str(PurePosixPath(self.bin_dir) / "nodeagent-scoped-credential-provider")
+
+    @property
     def credentials_file(self) -> str:
         """The file the credential provider answers from (0600, root; a host path)."""
         return str(PurePosixPath(self.state_dir) / "provider-credentials.json")

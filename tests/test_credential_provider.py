@@ -24,7 +24,7 @@ from nodeagent.errors import InputError
 from nodeagent.host.hostfs import HostFS
 from nodeagent.model.credentials import ParseResult, parse_docker_config, parse_namespaces, parse_secret
 from nodeagent.reconcile import sync
-from nodeagent.targets.provider import STATIC_PLUGIN_NAME, catch_all_images, render_credentials_file
+from nodeagent.targets.provider import SCOPED_PLUGIN_NAME, STATIC_PLUGIN_NAME, catch_all_images, render_credentials_file
 from tests.conftest import FIGURES, b64
 from tests.real_parsers import (
     KubeletPlugins,
@@ -154,17 +154,35 @@ def test_provider_answers_as_the_kubelet_reads_config_json(
 
 
 def test_installed_config_is_loaded_by_the_kubelet(tmp_path: Path) -> None:
-    """The provider entry (catch-all matchImages with the sources' ports, tokenAttributes under
-    v1) is a config the kubelet loads."""
+    """The provider entries (catch-all matchImages with the sources' ports; with ServiceAccount
+    tokens, the scoped entry first with tokenAttributes under v1, then the node-wide one without)
+    are a config the kubelet loads, with both plugins in the bin dir."""
     node = Node(tmp_path, audience="nodeagent", ports=(8443,))
     node.sync(_source({"r.example.com:5000": "a"}))
-    result = kubelet_check_provider_config(node.config_path)
+    result = kubelet_check_provider_config(node.config_path, node.bin_dir)
     assert (0, "") == (result.returncode, result.stderr)
-    (entry,) = yaml.safe_load(node.config_path.read_text())["providers"]
-    assert (STATIC_PLUGIN_NAME, API, "0s") == (entry["name"], entry["apiVersion"], entry["defaultCacheDuration"])
-    assert {"*.*.*:5000", "*.*.*:8443", "*", "*.*.*.*.*.*.*"} <= set(entry["matchImages"])
-    assert {"serviceAccountTokenAudience": "nodeagent", "cacheType": "ServiceAccount",
-            "requireServiceAccount": False} == entry["tokenAttributes"]  # fmt: skip
+    scoped, static = yaml.safe_load(node.config_path.read_text())["providers"]
+    assert (SCOPED_PLUGIN_NAME, STATIC_PLUGIN_NAME) == (scoped["name"], static["name"])
+    for entry in (scoped, static):
+        assert (API, "0s") == (entry["apiVersion"], entry["defaultCacheDuration"])
+        assert {"*.*.*:5000", "*.*.*:8443", "*", "*.*.*.*.*.*.*"} <= set(entry["matchImages"])
+    token = {"serviceAccountTokenAudience": "nodeagent", "cacheType": "ServiceAccount", "requireServiceAccount": False}
+    assert (token, None) == (scoped["tokenAttributes"], static.get("tokenAttributes"))
+
+
+def test_node_wide_credentials_are_served_during_an_api_outage(tmp_path: Path) -> None:
+    """When the kubelet cannot get the pod's ServiceAccount token (the API server is down), its
+    plugin manager skips the provider that asks for one; the node-wide provider asks for none and
+    still answers, so --provider-only pulls keep working. Scoped credentials need the token."""
+    node = Node(tmp_path, audience="nodeagent", config_json=False)
+    node.sync(_source({"shared.example.com": "node"}), _scoped({"team.example.com": "SCOPED-secret"}, "team-a"))
+    outage = {"service_account": "team-a/default", "token": ""}  # the token request fails
+    assert [("user-node", "node")] == kubelet_provide(node.config_path, node.bin_dir, "shared.example.com/a", **outage)
+    assert [] == kubelet_provide(node.config_path, node.bin_dir, "team.example.com/a", **outage)
+    token = {"service_account": "team-a/default", "token": _pod_token("team-a")}
+    assert [("user-SCOPED-secret", "SCOPED-secret")] == kubelet_provide(
+        node.config_path, node.bin_dir, "team.example.com/a", **token
+    )
 
 
 def test_rotation_is_the_answer_to_the_next_pull(tmp_path: Path) -> None:

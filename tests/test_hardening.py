@@ -229,6 +229,10 @@ def test_private_provider_config_keeps_mode_and_bytes(host_root: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text(PRIVATE_PROVIDER_CONFIG)
     path.chmod(0o600)
+    own = host_root / "usr/libexec/kubernetes/credential-providers/own-plugin"  # the node's own plugin
+    own.parent.mkdir(parents=True)
+    own.write_text("#!/bin/sh\nexit 1\n")
+    own.chmod(0o755)
     settings = _provider_settings(host_root, "/etc/kubernetes/credential-provider/config.yaml")
     sync(HostFS(host_root), settings, [], hold_all=True)
     assert (0o600, "nodeagent-ecr-credential-provider") == (

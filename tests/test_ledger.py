@@ -47,14 +47,29 @@ def _ledger(tree: dict[str, Any]) -> Ledger:
     return Ledger.load(base64.b64decode(tree[LEDGER][1]), source=LEDGER)
 
 
+def _entries_of(path: str, content: str) -> Any:
+    """The provider's credentials file by what it serves (version 1 and 2 files store scopes
+    differently: the same entries and scopes compare equal); any other file as it is."""
+    from nodeagent.targets.provider import entry_scope
+
+    if not path.endswith("/provider-credentials.json"):
+        return content
+    document = json.loads(base64.b64decode(content))
+    return [
+        (e["key"], e["registry"], e["username"], e["password"], entry_scope(e, document.get("scopes") or []))
+        for e in document["entries"]
+    ]
+
+
 def _without_ledger(tree: dict[str, Any]) -> dict[str, Any]:
     """The tree without the ledger, the plugin files as this version installs them (a pass
-    upgrades the plugin the agent owns: its bytes are this version's plugin)."""
+    upgrades the plugin the agent owns: its bytes are this version's plugin), the credentials
+    file by what it serves (its format is version 2 now)."""
     from nodeagent.targets.provider import plugin_bytes
 
     plugin = base64.b64encode(plugin_bytes()).decode()
     return {
-        path: [mode, plugin] if "/credential-providers/nodeagent-" in path else [mode, content]
+        path: [mode, plugin] if "/credential-providers/nodeagent-" in path else [mode, _entries_of(path, content)]
         for path, (mode, content) in tree.items()
         if path != LEDGER
     }

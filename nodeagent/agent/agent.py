@@ -3,7 +3,7 @@
 Sources report in their own threads into the :class:`~nodeagent.agent.book.SourceBook`; one loop
 (the main thread) owns every host write. Each pass takes the book's desired credentials and hands
 them to :func:`nodeagent.reconcile.sync`, which plans every target and writes through ``hostfs``.
-The parts (book, loop, drift guard, status, startup taint, ECR service, containerd restarts) are
+The parts (book, loop, drift watch, status, startup taint, ECR service, containerd restarts) are
 built and started here; each lives in its own module and is tested alone.
 """
 
@@ -33,7 +33,9 @@ from nodeagent.sources.watchers import start_watchers
 
 from .book import SourceBook
 from .drift import DriftGuard
+from .drift_watch import DriftWatch
 from .loop import Loop
+from .presence import stand_by_for_cleanup
 from .status import Status
 from .taint import StartupTaint
 
@@ -60,7 +62,6 @@ class Agent:
             [spec.label for spec in settings.sources.specs], on_deleted=settings.sources.on_secret_deleted
         )
         self.loop = Loop(resync_interval=settings.sources.resync_interval, clock=clock, stop=self.stop)
-        self.drift = DriftGuard(limit=settings.drift_limit, backoff=settings.drift_backoff)
         self.status = Status(
             metrics=self.metrics,
             log=self.log,
@@ -95,6 +96,16 @@ class Agent:
             if containerd is not None and containerd.auth
             else None
         )  # fmt: skip
+        self.drift = DriftWatch(
+            hostfs=self.hostfs,
+            path=settings.sync.kubelet_config,
+            guard=DriftGuard(limit=settings.drift_limit, backoff=settings.drift_backoff),
+            loop=self.loop,
+            metrics=self.metrics,
+            log=self.log,
+            emit=self.status.emit,
+            clock=clock,
+        )
         self._watchers: list[Any] = []
 
     # -- callbacks from source threads ---------------------------------------------------------
@@ -111,23 +122,6 @@ class Agent:
         if self.book.set_node_labels(labels):
             self.log.info("node_labels_updated", labels=len(labels))
             self.loop.changed()
-
-    def _kubelet_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.lstat(self.hostfs.real_path(self.settings.sync.kubelet_config))
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _on_drift(self, received: float) -> None:
-        if self.drift.paused(self.clock()):
-            return
-        path = self.settings.sync.kubelet_config
-        stamp = self._kubelet_stamp()
-        # The version the agent last wrote or read (a restart on a current node only reads): the
-        # event was the agent's own.
-        if stamp != self.hostfs.known.get(path):
-            self.loop.drifted()
 
     def shutdown(self) -> None:
         """Ask the loop to stop after the pass in flight (signal handlers call this)."""
@@ -172,7 +166,7 @@ class Agent:
         target = self.hostfs.real_path(self.settings.sync.kubelet_config)
         self.hostfs.ensure_dir(os.path.dirname(self.settings.sync.kubelet_config))
         watches = [
-            DirectoryWatch([os.path.dirname(target)], self._on_drift, names=frozenset({os.path.basename(target)}))
+            DirectoryWatch([os.path.dirname(target)], self.drift.changed, names=frozenset({os.path.basename(target)}))
         ]
         if self.registry_settings is not None:
             directory = os.path.dirname(os.path.abspath(self.registry_settings.path))
@@ -181,30 +175,9 @@ class Agent:
             watch.start()
         return watches
 
-    def _stand_by_for_cleanup(self) -> int | None:
-        """Hold the node's presence lock (shared) while running; while a ``cleanup`` holds it
-        (uninstall), write nothing: wait, so a cleanup is never undone by this agent's drift
-        repair. The descriptor, or None when asked to stop while waiting."""
-        state_dir = self.settings.sync.state_dir
-        waited = False
-        while not self.stop.is_set():
-            fd = self.hostfs.presence(state_dir, exclusive=False)
-            if fd is not None:
-                if waited:
-                    self.log.info("cleanup_finished_starting")
-                return fd
-            if not waited:
-                self.log.warning(
-                    "standing_down_for_cleanup",
-                    why=f"nodeagent cleanup holds {state_dir}/running: the agent writes nothing until it is done",
-                )
-                waited = True
-            self.stop.wait(1.0)
-        return None
-
     def run(self) -> int:
         """Start every part, run the loop until ``stop`` is set; return the process exit code."""
-        presence = self._stand_by_for_cleanup()
+        presence = stand_by_for_cleanup(self.hostfs, self.settings.sync.state_dir, stop=self.stop, log=self.log)
         if presence is None:
             return 0
         try:
@@ -299,7 +272,7 @@ class Agent:
         if wrote and (pending.drift or pending.since is None):
             # Writing with no source change pending means the file had drifted, whether a watch
             # event or the periodic resync noticed it.
-            self._drift_repaired(done)
+            self.drift.repaired(done)
         self.status.pass_done(
             report, changes=stats.writes + stats.removals - changes_before,
             latency=None if pending.since is None else done - pending.since, held_because=held_because,
@@ -308,15 +281,3 @@ class Agent:
         if self.restarts is not None:
             self.restarts.after_pass(report.containerd_auth_changed, report.containerd_auth_files)
         return True
-
-    def _drift_repaired(self, now: float) -> None:
-        path = self.settings.sync.kubelet_config
-        self.metrics.drift_repairs.inc()
-        self.log.warning("drift_repaired", path=path)
-        if self.drift.repaired(now):
-            message = (
-                f"{path} was rewritten by another writer more than {self.settings.drift_limit} times in a "
-                f"minute; pausing drift repair for {self.settings.drift_backoff:g}s (the periodic resync still runs)"
-            )
-            self.log.error("drift_fight", message=message)
-            self.status.emit("DriftFight", message, warning=True)

@@ -13,6 +13,7 @@ from nodeagent.model.decoding import DecodeError, loads_json
 from nodeagent.targets.provider import (
     PLUGIN_NAME,
     PROVIDER_CONFIG_FILE,
+    SCOPED_PLUGIN_NAME,
     STATIC_PLUGIN_NAME,
     kubelet_view,
     load_provider_config,
@@ -71,7 +72,8 @@ class ProviderChecks(Checks):
             for p in document.get("providers", [])
             if isinstance(p, dict) and isinstance(p.get("name"), str)
         }
-        ours = {name: providers[name] for name in (PLUGIN_NAME, STATIC_PLUGIN_NAME) if name in providers}
+        names = (PLUGIN_NAME, STATIC_PLUGIN_NAME, SCOPED_PLUGIN_NAME)
+        ours = {name: providers[name] for name in names if name in providers}
         if not ours:
             self.add(
                 "provider.not-listed",
@@ -130,7 +132,7 @@ class ProviderChecks(Checks):
                     "the kubelet cannot run it",
                     "run the agent with --ecr or --credential-provider",
                 )
-        if name != STATIC_PLUGIN_NAME:
+        if name not in (STATIC_PLUGIN_NAME, SCOPED_PLUGIN_NAME):
             return
         raw_args = entry.get("args")
         args = [str(a) for a in raw_args] if isinstance(raw_args, list) else []
@@ -139,7 +141,7 @@ class ProviderChecks(Checks):
             self.add(
                 "provider.credentials-missing",
                 "error",
-                f"{STATIC_PLUGIN_NAME} has no credentials file ({credentials or 'no --credentials argument'})",
+                f"{name} has no credentials file ({credentials or 'no --credentials argument'})",
                 "the plugin answers every pull with an error: the kubelet falls back to config.json alone",
                 "run the agent with --credential-provider (it writes the file on its first pass)",
             )
@@ -149,7 +151,7 @@ class ProviderChecks(Checks):
                 self.add(
                     "provider.token-attributes-unsupported",
                     "error",
-                    f"{STATIC_PLUGIN_NAME} has tokenAttributes, and the kubelet is {facts.kubelet_version}",
+                    f"{name} has tokenAttributes, and the kubelet is {facts.kubelet_version}",
                     "a kubelet older than 1.33 refuses this config at its next start (the node goes NotReady)",
                     "remove --service-account-tokens (chart: credentialProvider.serviceAccountTokens.enabled) "
                     "before restarting the kubelet, or upgrade it to 1.34",
@@ -158,7 +160,7 @@ class ProviderChecks(Checks):
                 self.add(
                     "provider.token-attributes-unchecked",
                     "warning",
-                    f"{STATIC_PLUGIN_NAME} has tokenAttributes and the kubelet's version is unknown",
+                    f"{name} has tokenAttributes and the kubelet's version is unknown",
                     "a kubelet older than 1.33 refuses this config at start; 1.33 needs the "
                     "KubeletServiceAccountTokenForCredentialProviders feature gate (on by default from 1.34)",
                     "check `kubelet --version` before restarting the kubelet",

@@ -399,14 +399,15 @@ def _served(entry: dict[str, Any], scopes: list[Any], namespace: str | None) -> 
     return isinstance(globs, list) and any(isinstance(g, str) and fnmatch.fnmatchcase(namespace, g) for g in globs)
 
 
-def respond_static(request: Any, *, credentials_file: str) -> dict[str, Any]:
-    """The response for a request from the agent's credentials file, or PluginError."""
+def respond_static(request: Any, *, credentials_file: str, scoped_only: bool = False) -> dict[str, Any]:
+    """The response for a request from the agent's credentials file, or PluginError; with
+    ``scoped_only`` (``--serve scoped``) only entries scoped to the token's namespace."""
     api_version, image = _check_request(request)
     namespace = token_namespace(request.get("serviceAccountToken")) if api_version == API_VERSIONS[0] else None
     if namespace is not None and not NAMESPACE.fullmatch(namespace):
         namespace = None  # not a namespace a pod can be in: only node-wide entries are served
     entries, scopes = _read_credentials(credentials_file)
-    entries = [e for e in entries if _served(e, scopes, namespace)]
+    entries = [e for e in entries if _served(e, scopes, namespace) and not (scoped_only and e.get("scope") is None)]
     auth: dict[str, dict[str, str]] = {}
     # A key both scoped and node-wide: the entry listed first (the agent lists scoped ones first) wins.
     for key in keyring_matches(image, [e["key"] for e in entries]):
@@ -469,6 +470,7 @@ def run(stdin: IO[str], stdout: IO[str], argv: list[str], stderr: IO[str] | None
         "--state-dir": os.environ.get("NODEAGENT_STATE_DIR", "/var/lib/nodeagent"),
         "--socket": os.environ.get("NODEAGENT_SOCKET", "/run/nodeagent/agent.sock"),
         "--credentials": "",
+        "--serve": "all",
     }
     for i, arg in enumerate(argv):  # --flag VALUE or --flag=VALUE; unknown arguments are ignored
         name, eq, value = arg.partition("=")
@@ -483,13 +485,15 @@ def run(stdin: IO[str], stdout: IO[str], argv: list[str], stderr: IO[str] | None
         except ValueError:
             raise PluginError("stdin is not a JSON CredentialProviderRequest") from None
         if options["--credentials"]:
-            response = respond_static(request, credentials_file=options["--credentials"])
+            scoped_only = options["--serve"] == "scoped"
+            response = respond_static(request, credentials_file=options["--credentials"], scoped_only=scoped_only)
         else:
             response = respond(
                 request, state_dir=options["--state-dir"], socket_path=options["--socket"], now=time.time()
             )
     except PluginError as exc:
         name = "nodeagent-credential-provider" if options["--credentials"] else "nodeagent-ecr-credential-provider"
+        name = "nodeagent-scoped-credential-provider" if options["--serve"] == "scoped" else name
         err.write(f"{name}: {exc}\n")
         return 1
     stdout.write(json.dumps(response))

@@ -45,6 +45,7 @@ __all__ = [
     "PLUGIN_NAME",
     "PLUGIN_TARGET",
     "PROVIDER_CONFIG_FILE",
+    "SCOPED_PLUGIN_NAME",
     "STATIC_PLUGIN_NAME",
     "ProviderTarget",
     "Rendered",
@@ -61,12 +62,18 @@ __all__ = [
     "render_credentials_file",
     "render_plugin",
     "render_provider_config",
+    "scoped_entry",
     "static_entry",
 ]
 
 PLUGIN_NAME = "nodeagent-ecr-credential-provider"
 STATIC_PLUGIN_NAME = "nodeagent-credential-provider"
 """The same plugin file, answering from the agent's credentials file for every registry."""
+SCOPED_PLUGIN_NAME = "nodeagent-scoped-credential-provider"
+"""The same file once more, answering namespace-scoped entries only, and the one entry with
+``tokenAttributes``: when the kubelet cannot get a pod's ServiceAccount token (the API server is
+down) it skips that provider for the pull, and the node-wide one, which asks for no token, still
+answers."""
 CREDENTIALS_TARGET = ProviderCredentialsRecord.KIND
 CREDENTIALS_FILE = "provider-credentials.json"
 """The credentials file's name in the state dir (``ProviderSettings.credentials_file``: a test pins them)."""
@@ -141,25 +148,37 @@ def catch_all_images(ports: Iterable[int | str]) -> list[str]:
     return [*globs, *(f"{glob}:{port}" for port in sorted({str(p) for p in ports}) for glob in globs)]
 
 
-def static_entry(*, credentials_file: str, ports: Iterable[int | str], audience: str | None) -> dict[str, Any]:
-    """Our provider entry for every registry. ``defaultCacheDuration`` 0: the plugin's own
-    answers say ``cacheDuration: 0s`` anyway, so a rotation reaches the very next pull. With an
-    ``audience``, the kubelet passes each pod's ServiceAccount token (KEP-4412, k8s >= 1.33
-    with the feature gate, on by default from 1.34), which scopes credentials to namespaces."""
-    entry: dict[str, Any] = {
+def static_entry(*, credentials_file: str, ports: Iterable[int | str]) -> dict[str, Any]:
+    """Our provider entry for every registry, node-wide entries. ``defaultCacheDuration`` 0: the
+    plugin's own answers say ``cacheDuration: 0s`` anyway, so a rotation reaches the very next
+    pull. It asks for no ServiceAccount token, so it answers during an API server outage too."""
+    return {
         "name": STATIC_PLUGIN_NAME,
         "matchImages": catch_all_images(ports),
         "defaultCacheDuration": "0s",
         "apiVersion": PROVIDER_API_VERSION,
         "args": ["--credentials", credentials_file],
     }
-    if audience:
-        entry["tokenAttributes"] = {
+
+
+def scoped_entry(*, credentials_file: str, ports: Iterable[int | str], audience: str) -> dict[str, Any]:
+    """Our provider entry for namespace-scoped credentials: the kubelet passes each pod's
+    ServiceAccount token with ``audience`` (KEP-4412, k8s >= 1.33 with the feature gate, on by
+    default from 1.34), and the plugin serves the entries scoped to the token's namespace. Listed
+    before the node-wide entry, whose answer it overrides on a key both give (the kubelet keeps
+    the earlier provider's credential for a key)."""
+    return {
+        "name": SCOPED_PLUGIN_NAME,
+        "matchImages": catch_all_images(ports),
+        "defaultCacheDuration": "0s",
+        "apiVersion": PROVIDER_API_VERSION,
+        "args": ["--credentials", credentials_file, "--serve", "scoped"],
+        "tokenAttributes": {
             "serviceAccountTokenAudience": audience,
             "cacheType": "ServiceAccount",
             "requireServiceAccount": False,
-        }
-    return entry
+        },
+    }
 
 
 def registry_ports(merged: MergeResult) -> set[str]:
@@ -487,7 +506,7 @@ class ProviderTarget:
 
     def trusts(self, path: str, record: FileRecord) -> bool:
         if record.target == PLUGIN_TARGET:
-            return path.rsplit("/", 1)[-1] in (PLUGIN_NAME, STATIC_PLUGIN_NAME)
+            return path.rsplit("/", 1)[-1] in (PLUGIN_NAME, STATIC_PLUGIN_NAME, SCOPED_PLUGIN_NAME)
         if record.target == CREDENTIALS_TARGET:
             return path.endswith("/" + CREDENTIALS_FILE)
         return path.endswith(CONFIG_EXTENSIONS)
@@ -511,9 +530,12 @@ class ProviderTarget:
             active[provider.static_plugin_path] = PLUGIN_TARGET
             active[provider.credentials_file] = CREDENTIALS_TARGET
             ports = {*map(str, provider.ports), *registry_ports(desired.merged)}
-            entries.append(
-                static_entry(credentials_file=provider.credentials_file, ports=ports, audience=provider.audience)
-            )
+            if provider.audience:
+                active[provider.scoped_plugin_path] = PLUGIN_TARGET
+                entries.append(
+                    scoped_entry(credentials_file=provider.credentials_file, ports=ports, audience=provider.audience)
+                )
+            entries.append(static_entry(credentials_file=provider.credentials_file, ports=ports))
         active[config_path] = CONFIG_TARGET
         return active, entries
 
