@@ -19,6 +19,7 @@ from typing import Any
 
 import bcrypt
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -609,6 +610,19 @@ def test_token_attributes_on_an_old_or_unknown_kubelet(host_root: Path, version:
     assert not {"provider.token-attributes-unsupported", "provider.token-attributes-unchecked"} & _run_doctor(
         host_root, kubelet_version="v1.34.2"
     )
+
+
+def test_a_node_wide_provider_that_needs_a_token_is_named(host_root: Path) -> None:
+    """The node-wide entry asking for ServiceAccount tokens (an install by an older agent) is
+    skipped by the kubelet during an API outage: doctor says so; this version's layout is clean."""
+    _install_static(host_root, "--service-account-tokens")
+    assert "provider.node-wide-needs-token" not in _run_doctor(host_root, kubelet_version="v1.34.2")
+    config = host_root / "etc/kubernetes/credential-providers/nodeagent-ecr.yaml"
+    document = yaml.safe_load(config.read_text())
+    scoped, static = document["providers"]
+    document["providers"] = [{**static, "tokenAttributes": scoped["tokenAttributes"]}]
+    config.write_text(yaml.safe_dump(document))
+    assert "provider.node-wide-needs-token" in _run_doctor(host_root, kubelet_version="v1.34.2")
 
 
 def test_provider_installed_after_the_kubelet_started(host_root: Path) -> None:

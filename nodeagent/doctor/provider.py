@@ -145,6 +145,16 @@ class ProviderChecks(Checks):
                 "the plugin answers every pull with an error: the kubelet falls back to config.json alone",
                 "run the agent with --credential-provider (it writes the file on its first pass)",
             )
+        if isinstance(entry.get("tokenAttributes"), dict) and name == STATIC_PLUGIN_NAME:
+            self.add(
+                "provider.node-wide-needs-token",
+                "warning",
+                f"{name} has tokenAttributes",
+                "when the kubelet cannot get a pod's ServiceAccount token (an API server outage) it skips this "
+                "provider, so node-wide credentials are not served either (with --provider-only, pulls fail)",
+                "run this version of the agent: scoped credentials get their own entry "
+                f"({SCOPED_PLUGIN_NAME}) and the node-wide one asks for no token; restart the kubelet once",
+            )
         if isinstance(entry.get("tokenAttributes"), dict):
             minor = _minor(facts.kubelet_version)
             if minor is not None and minor < 33:
