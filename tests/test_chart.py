@@ -556,3 +556,17 @@ def test_helm_uninstall_restores_the_nodes() -> None:
              "verbs": ["get", "delete"]}] == role["rules"]  # fmt: skip
     assert [] == hooks(render({"uninstall": {"cleanupHook": False}}), "post-delete")
     assert [] == hooks(render(FEATURES["cleanup"]), "post-delete")  # the manual path needs none
+
+
+def _notes(values: dict[str, Any]) -> str:
+    manifests = helm.Chart.load(CHART).render(values, name="na", namespace="nodeagent", is_install=True)
+    return "".join(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
+def test_notes_warn_that_the_startup_taint_outlives_the_release() -> None:
+    """With startupTaint on, NOTES say the taint is in the nodes' own configuration and that nodes
+    registering after helm uninstall stay tainted; without it, they say nothing of the kind."""
+    assert ("nodeagent.io/agent-not-ready" in _notes(FEATURES["startup-taint"]), "agent-not-ready" in _notes({})) == (
+        True,
+        False,
+    )

@@ -877,3 +877,26 @@ def test_a_provider_directory_the_kubelet_would_refuse(host_root: Path) -> None:
     _, after = _doctor(host_root, *args)
     (finding,) = [f for f in after["findings"] if f["id"] == "provider.kubelet-refuses-config"]
     assert "00-node.yaml" in finding["seen"] and "nodeagent-ecr.yaml" in finding["seen"]
+
+
+@pytest.mark.parametrize("via", ["flag", "config"])
+def test_a_startup_taint_nobody_removes_is_named(host_root: Path, via: str) -> None:
+    """The kubelet registers the node with the startup taint and nodeagent manages nothing here
+    (uninstalled, or never installed): only a running agent removes it, so doctor warns; with
+    the agent's ledger on the node it is only noted."""
+    kubelet_config = host_root / "var/lib/kubelet/config.yaml"
+    taint = {"key": "nodeagent.io/agent-not-ready", "effect": "NoSchedule"}
+    kubelet_config.write_text(yaml.safe_dump({"kind": "KubeletConfiguration", "registerWithTaints": [taint]}))
+    facts: dict[str, Any] = (
+        {"register_with_taints": "nodeagent.io/agent-not-ready=:NoSchedule"}
+        if via == "flag"
+        else {"kubelet_config": "/var/lib/kubelet/config.yaml"}
+    )
+    ids = _run_doctor(host_root, **facts)
+    assert "kubelet.startup-taint-orphaned" in ids
+    source = host_root / "src.json"
+    source.write_text(json.dumps({"auths": {"r.example.com": {"auth": b64("u:p")}}}))
+    sync = [sys.executable, "-m", "nodeagent", "sync", "--from-file", str(source), "--host-root", str(host_root)]
+    subprocess.run(sync, check=True, capture_output=True, timeout=60)
+    ids = _run_doctor(host_root, **facts)
+    assert ("kubelet.startup-taint-orphaned" in ids, "kubelet.startup-taint" in ids) == (False, True)

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from nodeagent.kube import KubeAPI, KubeError
+from nodeagent.sources import STARTUP_TAINT
 
 __all__ = ["STARTUP_TAINT", "StartupTaint"]
-
-STARTUP_TAINT = "nodeagent.io/agent-not-ready"
 
 
 class StartupTaint:

@@ -85,7 +85,7 @@ def run_doctor(
 ) -> Report:
     doctor = _Doctor(hostfs, facts, state_dir, agent_root_dir, socket_path)
     doctor.check_kubelet()
-    doctor.check_state()
+    doctor.check_startup_taint(managed=doctor.check_state())
     doctor.check_provider()
     doctor.check_image_pull_policy()
     roots = doctor.check_containerd()

@@ -57,6 +57,7 @@ def discover(*, kubelet_root_dir: str, provider_config: str | None, provider_bin
                 facts.kubelet_cwd = proc.cwd()
                 facts.kubelet_home = proc.environ().get("HOME")
                 facts.kubelet_config = _flag(cmdline, "--config")
+                facts.register_with_taints = _flag(cmdline, "--register-with-taints")
                 facts.kubelet_started = process_start_time(proc.pid, proc.create_time())
                 facts.kubelet_version = _kubelet_version(f"/proc/{proc.pid}/exe")
             elif "containerd" in (name, exe) and facts.containerd_pid is None:

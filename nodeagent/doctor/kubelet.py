@@ -14,6 +14,7 @@ from nodeagent.model.decoding import DecodeError, loads_json, loads_yaml
 from nodeagent.model.keyring import lookup
 from nodeagent.model.ledger import Ledger
 from nodeagent.model.registries import InvalidRegistry, normalise_key
+from nodeagent.sources import STARTUP_TAINT
 from nodeagent.targets.kubelet import kubelet_entries, kubelet_problems
 
 from .base import Checks
@@ -152,7 +153,8 @@ class KubeletChecks(Checks):
                     "keep it valid (or remove it); doctor --probe checks it",
                 )
 
-    def check_state(self) -> None:
+    def check_state(self) -> bool:
+        """The ledger; whether the agent manages anything on this node."""
         ledger_path = f"{self.state_dir.rstrip('/')}/state.json"
         try:
             ledger = Ledger.load(self.fs.read(ledger_path), source=ledger_path)
@@ -164,7 +166,7 @@ class KubeletChecks(Checks):
                 "nodeagent cannot tell what it owns",
                 "see the agent's logs",
             )
-            return
+            return True
         if not ledger.files:
             self.add(
                 "state.nothing-managed",
@@ -209,6 +211,48 @@ class KubeletChecks(Checks):
                     "an agent was killed mid-write; they are harmless and swept on the next write",
                     "let the agent run once, or remove files named *" + TEMP_MARKER + "*",
                 )
+        return bool(ledger.files)
+
+    def check_startup_taint(self, managed: bool) -> None:
+        """The kubelet registers this node with the startup taint (a flag, or registerWithTaints
+        in its config file): only a running agent removes it. On a node the agent does not manage
+        (never ran, or uninstalled) every new registration stays tainted."""
+        flag = self.facts.register_with_taints or ""
+        document: Any = None
+        content = self._read(self.facts.kubelet_config) if self.facts.kubelet_config else None
+        if content is not None:
+            try:
+                document = loads_yaml(content)
+            except DecodeError:
+                document = None
+        taints = document.get("registerWithTaints") if isinstance(document, dict) else None
+        in_config = isinstance(taints, list) and any(
+            isinstance(t, dict) and t.get("key") == STARTUP_TAINT for t in taints
+        )
+        if not (in_config or STARTUP_TAINT in flag):
+            return
+        where = (
+            "--register-with-taints" if STARTUP_TAINT in flag else f"registerWithTaints in {self.facts.kubelet_config}"
+        )
+        if managed:
+            self.add(
+                "kubelet.startup-taint",
+                "info",
+                f"the kubelet registers this node with {STARTUP_TAINT} ({where})",
+                "the agent removes it after its first sync",
+                "nothing to do",
+            )
+            return
+        self.add(
+            "kubelet.startup-taint-orphaned",
+            "warning",
+            f"the kubelet registers this node with {STARTUP_TAINT} ({where}), and nodeagent manages nothing here",
+            "only a running nodeagent removes that taint: after helm uninstall (or before the first install), "
+            "this node, and every node booted from the same configuration, stays unschedulable for pods "
+            "without a toleration",
+            f"install nodeagent, or remove {STARTUP_TAINT} from the kubelet's {where.split(' in ')[0]} "
+            f"(and kubectl taint node <node> {STARTUP_TAINT}-)",
+        )
 
     def check_image_pull_policy(self) -> None:
         """KEP-2535: who may use an image pulled with node credentials (kubelet >= 1.33)."""

@@ -42,6 +42,8 @@ class NodeFacts:
     """``v1.34.1``, from the kubelet binary's ``--version``."""
     kubelet_config: str | None = None
     """The kubelet's ``--config`` file (KubeletConfiguration)."""
+    register_with_taints: str | None = None
+    """The kubelet's ``--register-with-taints`` flag (``key=value:Effect,...``), when it has one."""
     source: str = "settings"
     """``process`` when read from the running kubelet, ``settings`` when from flags and presets."""
 

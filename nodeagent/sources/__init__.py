@@ -14,8 +14,12 @@ from typing import Literal
 
 from nodeagent.model.credentials import NODE_SELECTOR_ANNOTATION, ParseResult
 
-__all__ = ["NODE_SELECTOR_ANNOTATION", "Backoff", "SourceUpdate", "UpdateKind", "UpdateSink"]
+__all__ = ["NODE_SELECTOR_ANNOTATION", "STARTUP_TAINT", "Backoff", "SourceUpdate", "UpdateKind", "UpdateSink"]
 
+
+STARTUP_TAINT = "nodeagent.io/agent-not-ready"
+"""The taint a node registers with (its kubelet's ``registerWithTaints``) until the agent's first
+sync; the agent removes it, doctor looks for it in the kubelet's configuration."""
 
 UpdateKind = Literal["data", "invalid", "deleted", "absent", "unreadable"]
 """``unreadable``: the API refused the agent (401/403); the source's state is unknown, not empty."""
