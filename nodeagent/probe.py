@@ -1,10 +1,15 @@
 """``doctor --probe``: ask each registry's ``/v2/`` whether the node's credential works.
 
-One httpx client per registry, with the TLS the node itself uses for that registry (the CA and
-client certificate of the agent's hosts.toml, plus ``--ca-file``), all registries at once, each
-bounded by ``timeout`` per phase. The Basic and Bearer-token flows of the distribution spec are
-followed; a redirect is followed only to the same https origin, so a credential never travels to
-another host or over plain http. Each failure says what failed, so the fix can fit it.
+One httpx client per registry, with the TLS the node itself uses for that registry (the CA,
+client certificate and skip_verify of its hosts.toml, top level or the ``[host."https://HOST"]``
+table of the registry's own origin, plus ``--ca-file``), all registries at once, each bounded by
+``timeout`` per phase. The Basic and Bearer-token flows of the distribution spec are followed as a
+pull does: with a Basic challenge the credential goes to the registry itself; with a Bearer
+challenge it goes to the token service the registry names (its ``realm``, often another host such
+as ``auth.docker.io``), as containerd and the kubelet's pull send it, and only over https
+(``unsupported-realm`` otherwise). A redirect is followed only to the same https origin, so the
+credential never goes to a host the registry did not name, nor over plain http. Each failure says
+what failed, so the fix can fit it.
 """
 
 from __future__ import annotations

@@ -752,6 +752,21 @@ def test_probe_uses_the_nodes_tls_settings(
     )
     _, report = _doctor(host_root, "--no-discover", "--probe", "--containerd-config", "/etc/containerd/config.toml")
     assert ["valid"] == [r["result"] for r in report["probe"]]
+    # The same CA in the [host] table of the registry's own origin: containerd uses it there too.
+    (certs / "hosts.toml").write_text(
+        f'server = "https://{basic_registry}"\n[host."https://{basic_registry}"]\n  ca = "ca.crt"\n'
+    )
+    _, in_host_table = _doctor(
+        host_root, "--no-discover", "--probe", "--containerd-config", "/etc/containerd/config.toml"
+    )
+    assert ["valid"] == [r["result"] for r in in_host_table["probe"]]
+    (certs / "hosts.toml").write_text(
+        f'server = "https://{basic_registry}"\n[host."https://mirror.example"]\n  ca = "ca.crt"\n'
+    )
+    _, other_origin = _doctor(
+        host_root, "--no-discover", "--probe", "--containerd-config", "/etc/containerd/config.toml"
+    )
+    assert ["tls-error"] == [r["result"] for r in other_origin["probe"]]  # a mirror's CA is the mirror's
     (certs / "hosts.toml").unlink()
     _, without = _doctor(host_root, "--no-discover", "--probe", "--containerd-config", "/etc/containerd/config.toml")
     assert ["tls-error"] == [r["result"] for r in without["probe"]]

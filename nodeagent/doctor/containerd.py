@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from nodeagent.config import CONTAINERD_PRESETS
@@ -214,19 +215,30 @@ def registry_tls(fs: HostFS, roots: Sequence[str], host: str) -> dict[str, Any]:
         def real(path: str, base: str = base) -> str:
             return fs.real_path(path if path.startswith("/") else f"{base}/{path}")
 
-        client = document.get("client")
-        pair = None
-        if isinstance(client, str):
-            pair = (real(client), real(client))
-        elif isinstance(client, list) and client:
-            first = client[0]
-            if isinstance(first, str) and len(client) == 2 and isinstance(client[1], str):
-                pair = (real(first), real(client[1]))
-            elif isinstance(first, list) and len(_strings(first)) == 2:
-                pair = (real(first[0]), real(first[1]))
+        # The registry's own origin may carry its TLS in a [host."https://HOST"] table rather than
+        # at the top level: containerd uses that table's settings when it talks to that origin.
+        tables = [document]
+        for url, table in (document.get("host") or {}).items() if isinstance(document.get("host"), dict) else ():
+            parts = urllib.parse.urlsplit(str(url))
+            if isinstance(table, dict) and parts.scheme == "https" and parts.netloc == host:
+                tables.append(table)
+        pair = next((p for p in (_client_pair(t.get("client"), real) for t in reversed(tables)) if p), None)
         return {
-            "ca_files": tuple(real(c) for c in _strings(document.get("ca"))),
+            "ca_files": tuple(real(c) for t in tables for c in _strings(t.get("ca"))),
             "client_cert": pair,
-            "skip_verify": document.get("skip_verify") is True,
+            "skip_verify": any(t.get("skip_verify") is True for t in tables),
         }
     return {}
+
+
+def _client_pair(client: Any, real: Callable[[str], str]) -> tuple[str, str] | None:
+    """hosts.toml's ``client``: one combined file, a [cert, key] pair, or a list of pairs (the first)."""
+    if isinstance(client, str):
+        return (real(client), real(client))
+    if isinstance(client, list) and client:
+        first = client[0]
+        if isinstance(first, str) and len(client) == 2 and isinstance(client[1], str):
+            return (real(first), real(client[1]))
+        if isinstance(first, list) and len(_strings(first)) == 2:
+            return (real(first[0]), real(first[1]))
+    return None
