@@ -31,6 +31,7 @@ from nodeagent.config import (
     CONTAINERD_PRESETS,
     ECR_OPTIONS,
     FROM_FILE_OPTION,
+    FROM_FILE_SCOPED_OPTION,
     HOST_OPTIONS,
     LISTEN_OPTION,
     LOG_OPTIONS,
@@ -57,7 +58,7 @@ from nodeagent.errors import NodeagentError, SettingsError
 from nodeagent.host.containerd_restart import Restarter, RestartError, find_containerd, restart_pending
 from nodeagent.host.hostfs import HostFS
 from nodeagent.kube import KubeAPI, KubeError, KubernetesClient
-from nodeagent.model.credentials import EntryProblem, safe_key
+from nodeagent.model.credentials import EntryProblem, parse_namespaces, safe_key
 from nodeagent.model.ledger import HostsTomlRecord, Ledger
 from nodeagent.model.registry_settings import load_registry_settings
 from nodeagent.observe.health import HealthServer
@@ -165,10 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_run = sub.add_parser("run", help="the long-running agent: watch sources, keep the node in sync")
     p_run.set_defaults(sources=None)
-    for option in (SECRETS_OPTION, FROM_FILE_OPTION):
+    for option in (SECRETS_OPTION, FROM_FILE_OPTION, FROM_FILE_SCOPED_OPTION):
+        variable = f" ({option.variable})" if option.variable else ""
         p_run.add_argument(
             option.flag, action=_AppendSource, dest="sources", metavar=option.metavar,
-            help=f"{option.help}; sources merge in the order given, later wins per registry ({option.variable})",
+            help=f"{option.help}; sources merge in the order given, later wins per registry{variable}",
         )  # fmt: skip
     _add(p_run, *NODE_OPTIONS, *OBSERVE_OPTIONS, *SOURCE_OPTIONS, *PROVIDER_OPTIONS)
     _add(p_run.add_argument_group("containerd (docs/containerd.md)"), *CONTAINERD_OPTIONS)
@@ -283,7 +285,8 @@ class _AppendSource(argparse.Action):
 
     def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
         current = list(getattr(namespace, self.dest) or [])
-        current.append(("secret" if option == "--secret" else "file", str(values)))
+        kind = {"--secret": "secret", "--from-file-scoped": "scoped-file"}.get(option or "", "file")
+        current.append((kind, str(values)))
         setattr(namespace, self.dest, current)
 
 
@@ -491,7 +494,17 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         value = value.strip()
         if kind == "secret" and not _SECRET_REF.match(value):
             raise SettingsError(f"--secret {value!r} is not NAMESPACE/NAME (lower-case DNS names)")
-        specs.append(SourceSpec(kind, value))
+        if kind == "scoped-file":
+            path, _, scope = value.rpartition("=")
+            try:
+                namespaces = parse_namespaces(scope)
+            except ValueError as exc:
+                raise SettingsError(f"--from-file-scoped {path or value!r}: the namespaces {exc}") from None
+            if not path:
+                raise SettingsError(f"--from-file-scoped {value!r} is not PATH=NAMESPACES")
+            specs.append(SourceSpec("file", path.strip(), namespaces))
+            continue
+        specs.append(SourceSpec("secret" if kind == "secret" else "file", value))
     for host in args.ecr_registries:
         if parse_ecr_host(host) is None:
             raise SettingsError(f"--ecr-registries: {host!r} is not an ECR registry host")

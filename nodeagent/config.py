@@ -216,6 +216,9 @@ class SyncSettings:
 class SourceSpec:
     kind: Literal["secret", "file"]
     ref: str  # "namespace/name" or a path
+    namespaces: tuple[str, ...] | None = None
+    """A file's scope (``--from-file-scoped PATH=NAMESPACES``): a mounted Secret's volume carries
+    no annotations, so its ``nodeagent.io/namespaces`` is declared with the source."""
 
     @property
     def label(self) -> str:
@@ -478,6 +481,11 @@ SECRETS_OPTION = Option(
 FROM_FILE_OPTION = Option(
     "--from-file", "a .dockerconfigjson or .dockercfg file (repeatable; later files win per registry; "
     "comma-separated in the variable)", (), comma_list, metavar="PATH",
+)  # fmt: skip
+FROM_FILE_SCOPED_OPTION = Option(
+    "--from-file-scoped", "PATH=NAMESPACES: a file served only to pods of these namespaces (names and '*' globs, "
+    "comma-separated, as the nodeagent.io/namespaces annotation, which a mounted Secret's volume does not carry; "
+    "repeatable)", (), metavar="PATH=NAMESPACES", env=None,
 )  # fmt: skip
 NAMESPACE_OPTION = Option("--namespace", "the chart's namespace", "default", fallback_env="POD_NAMESPACE")
 ALL_OPTIONS: tuple[Option, ...] = (

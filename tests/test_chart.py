@@ -570,3 +570,13 @@ def test_notes_warn_that_the_startup_taint_outlives_the_release() -> None:
         True,
         False,
     )
+
+
+def test_a_scoped_mounted_secret_carries_its_scope() -> None:
+    """A mounted Secret's volume has no annotations: its namespaces are given in values and passed
+    with the source (--from-file-scoped), never dropped; one without stays --from-file."""
+    values = {"mountedSecrets": [{"name": "team", "namespaces": "team-a, ci-*"}, {"name": "shared"}]}
+    args = container(render(values))["args"]
+    scoped = args[args.index("--from-file-scoped") + 1]
+    assert "/etc/nodeagent/sources/team/.dockerconfigjson=team-a, ci-*" == scoped
+    assert "/etc/nodeagent/sources/shared/.dockerconfigjson" == args[args.index("--from-file") + 1]

@@ -328,3 +328,29 @@ def test_wait_cleanup_rides_out_transient_api_errors() -> None:
     api = _FlakyDaemonSetAPI()
     assert 0 == cli._cmd_wait_cleanup(args, get_logger(), api=api)  # type: ignore[arg-type]
     assert ([], True) == (api.failures, api.deleted)
+
+
+def test_a_scoped_file_source_keeps_its_scope_and_order() -> None:
+    """--from-file-scoped PATH=NAMESPACES is a file source with its scope, in the order given; a
+    bad scope fails at start naming the flag and the path."""
+    from nodeagent import cli
+    from nodeagent.errors import SettingsError
+
+    argv = [
+        "run",
+        "--secret",
+        "ns/a",
+        "--from-file-scoped",
+        "/m/t/.dockerconfigjson=team-a, ci-*",
+        "--from-file",
+        "/m/s",
+    ]
+    specs = cli._run_settings(cli.parse_args(argv)).sources.specs
+    assert [
+        ("secret", "ns/a", None),
+        ("file", "/m/t/.dockerconfigjson", ("team-a", "ci-*")),
+        ("file", "/m/s", None),
+    ] == [(s.kind, s.ref, s.namespaces) for s in specs]
+    for bad in ("/m/t=", "/m/t=Team_A", "team-a"):
+        with pytest.raises(SettingsError):
+            cli._run_settings(cli.parse_args(["run", "--from-file-scoped", bad]))

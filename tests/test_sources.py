@@ -175,3 +175,17 @@ def test_hostile_secret_content_is_an_invalid_source() -> None:
         more, _ = _run([item], [[]])
         updates += more
     assert ["invalid"] * 3 == [u.kind for u in updates]
+
+
+def test_a_scoped_file_source_reports_scoped_credentials(tmp_path: Any) -> None:
+    """A file watched with namespaces reports its credentials scoped to them (a mounted Secret's
+    scope is never dropped)."""
+    from nodeagent.sources.files import FileWatcher
+
+    path = tmp_path / "config.json"
+    auth = base64.b64encode(b"u:p").decode()
+    path.write_text(json.dumps({"auths": {"r.example.com": {"auth": auth}}}))
+    updates: list[SourceUpdate] = []
+    watcher = FileWatcher(str(path), updates.append, namespaces=("team-a",))
+    watcher._changed(0.0)
+    assert [("data", ("team-a",))] == [(u.kind, u.result.namespaces if u.result else None) for u in updates]

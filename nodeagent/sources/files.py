@@ -9,6 +9,7 @@ and reports only when its bytes really changed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -99,10 +100,12 @@ class DirectoryWatch(FileSystemEventHandler):
 
 
 class FileWatcher:
-    """Reports the parsed content of one file whenever it changes."""
+    """Reports the parsed content of one file whenever it changes; with ``namespaces`` its
+    credentials are scoped to them, as a Secret annotated ``nodeagent.io/namespaces`` is."""
 
-    def __init__(self, path: str, sink: UpdateSink) -> None:
+    def __init__(self, path: str, sink: UpdateSink, *, namespaces: tuple[str, ...] | None = None) -> None:
         self.path = path
+        self.namespaces = namespaces
         self.label = f"file:{path}"
         self._sink = sink
         self._digest: str | None = None
@@ -142,6 +145,8 @@ class FileWatcher:
             self._digest = digest
             try:
                 result = parse_docker_config(data, source=self.path)
+                if self.namespaces:
+                    result = dataclasses.replace(result, namespaces=self.namespaces)
             except InputError as exc:
                 self._sink(SourceUpdate(self.label, "invalid", received, error=exc.reason))
                 return

@@ -34,7 +34,7 @@ def start_watchers(
     reads that list)."""
     for spec in specs:
         if spec.kind == "file":
-            watcher: Any = FileWatcher(spec.ref, sink)
+            watcher: Any = FileWatcher(spec.ref, sink, namespaces=spec.namespaces)
         elif api is None:
             raise NodeagentError("a --secret source needs API access")
         else:
