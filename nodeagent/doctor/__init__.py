@@ -22,6 +22,7 @@ from nodeagent.targets.provider import PLUGIN_NAME, STATIC_PLUGIN_NAME
 from .containerd import ContainerdChecks, containerd_hosts_for, registry_tls
 from .facts import discover
 from .kubelet import KubeletChecks, check_image
+from .kubelet_config import KubeletConfigChecks
 from .provider import ProviderChecks
 from .report import SCHEMA_VERSION, Finding, NodeFacts, Report, render_text
 
@@ -31,7 +32,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-class _Doctor(KubeletChecks, ContainerdChecks, ProviderChecks):
+class _Doctor(KubeletChecks, KubeletConfigChecks, ContainerdChecks, ProviderChecks):
     """Every check, over one set of findings."""
 
 
