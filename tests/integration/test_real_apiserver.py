@@ -132,7 +132,8 @@ def test_chart_grants_exactly_its_secrets(apiserver: RealAPIServer, chart_token:
 
 def test_node_policy_fences_the_node_patch(apiserver: RealAPIServer, chart_token: str) -> None:
     """With the chart's ValidatingAdmissionPolicy the agent's token may set nodeagent.io/*
-    annotations on its own Node only: labels, foreign annotations and other Nodes are refused."""
+    annotations on its own Node only: labels, finalizers, ownerReferences, foreign annotations,
+    the spec and other Nodes are refused."""
     # The policy takes effect once the server's policy informer has it: probe with a foreign
     # annotation whose value changes each time (an unchanged value would be no change at all).
     probes = iter(range(10_000))
@@ -155,6 +156,16 @@ def test_node_policy_fences_the_node_patch(apiserver: RealAPIServer, chart_token
     def json_patch(node: str, ops: list[dict[str, Any]]) -> int:
         path = f"/api/v1/nodes/{node}"
         return apiserver.request("PATCH", path, ops, token=chart_token, content_type="application/json-patch+json")[0]
+
+    # Metadata beyond annotations: a finalizer (blocks deletion), an ownerReference (the garbage
+    # collector deletes a Node whose owner is missing): both were 200 before the policy checked them.
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "gone", "uid": "00000000-0000-0000-0000-000000000001"}
+    assert (422, 422) == (
+        _patch_node(apiserver, "node-a", {"finalizers": ["nodeagent.io/hold"]}, chart_token),
+        _patch_node(apiserver, "node-a", {"ownerReferences": [owner]}, chart_token),
+    )
+    _, node = apiserver.request("GET", "/api/v1/nodes/node-a")
+    assert ([], []) == (node["metadata"].get("finalizers", []), node["metadata"].get("ownerReferences", []))
 
     # Taints: only removing the startup taint is allowed (and only on node-a, tested by the agent below).
     assert (422, 422, 422, 422) == (
