@@ -17,7 +17,14 @@ from nodeagent.host.hostfs import HostFS
 from nodeagent.model.ledger import RECORD_TYPES, Ledger
 from nodeagent.reconcile import cleanup, sync
 
-VICTIMS = ["/etc/shadow", "/etc/kubernetes/admin.conf", "/usr/bin/sudo", "/var/lib/kubelet/pki/kubelet.key"]
+VICTIMS = [
+    "/etc/shadow",
+    "/etc/kubernetes/admin.conf",
+    "/usr/bin/sudo",
+    "/var/lib/kubelet/pki/kubelet.key",
+    "/etc/kubernetes/pki/ca.crt",
+    "/etc/ssl/private/client.key",
+]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

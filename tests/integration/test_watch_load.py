@@ -1,8 +1,9 @@
-"""The agent's load on the API server after a fault, counted from the server's side. A real kube-apiserver (its
-audit log, one entry a request): in the 30 s after an API server restart, and after a restart
-that follows an etcd compaction with the watch cache off (every watch resumes from a compacted
-revision and meets etcd's own 410), the agent makes a handful of requests, and a rotation after
-the fault still reaches config.json. Before the fix the Node watch alone made 11-18 requests a
+"""The agent's load on the API server after a fault, counted from the server's side: a real
+kube-apiserver's audit log (one entry a request) for a restart, and for a restart after an etcd
+compaction with the watch cache off (every watch resumes from a compacted revision and meets
+etcd's own 410); the fake API server's request log for 500s and 429s, which a real server does not
+give on demand. In the 30 s after each fault the agent makes a handful of requests, and a rotation
+after the fault still reaches config.json. Before the fix the Node watch alone made 11-18 requests a
 second after a restart: it watched from the Node object's own version, older than the restarted
 server's watch cache, and relisted the same version after each 410."""
 

@@ -118,6 +118,10 @@ def plan_containerd(
     return planner.plan
 
 
+HOSTS_FILE_NAMES = ("hosts.toml", "ca.crt", "client.cert", "client.key")
+"""The files the agent writes in a registry's hosts.toml directory."""
+
+
 class ContainerdTarget:
     """containerd's files, isolated: a failure leaves containerd as it is (reported as a conflict)
     and the kubelet's files still apply."""
@@ -130,7 +134,9 @@ class ContainerdTarget:
         self.settings, self.backup_path = settings, backup_path
 
     def trusts(self, path: str, record: FileRecord) -> bool:
-        return path.endswith("/hosts.toml") if record.target == HOSTS_TARGET else path.endswith(".toml")
+        if record.target == HOSTS_TARGET:
+            return path.rsplit("/", 1)[-1] in HOSTS_FILE_NAMES
+        return path.endswith(".toml")
 
     def plan(self, host: HostView, desired: Desired, records: Mapping[str, FileRecord]) -> Plan:
         if desired.uninstall:

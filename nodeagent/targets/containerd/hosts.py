@@ -199,8 +199,10 @@ class HostsPlanning(PlanContext):
                 continue
             directory = path.rsplit("/", 1)[0]
             hosts_toml = self.read(f"{directory}/hosts.toml")
-            if directory in taken_over or (hosts_toml is not None and not is_managed(hosts_toml)):
-                self.plan.forget.append(path)  # someone took the directory over: leave all of it
+            if directory in taken_over or hosts_toml is None or not is_managed(hosts_toml):
+                # Someone took the directory over, or it has no hosts.toml of ours (its files are
+                # then not the agent's to remove, whatever a record says): leave all of it.
+                self.plan.forget.append(path)
                 continue
             self.change(path, self.read(path), None, 0o600)
             self.plan.forget.append(path)
