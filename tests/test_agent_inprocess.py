@@ -13,6 +13,7 @@ import queue
 import threading
 import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +72,18 @@ def _wait_for(predicate: Any) -> None:
     raise AssertionError("the agent did not get there")
 
 
-@pytest.fixture
-def running(host_root: Path) -> Iterator[tuple[Agent, MemoryAPI]]:
+@contextmanager
+def running_agent(host_root: Path) -> Iterator[tuple[Agent, MemoryAPI]]:
+    """The whole agent in a thread on ``host_root``, one Secret source on a MemoryAPI."""
     from nodeagent.config import ObserveSettings, SourcesSettings
 
     stop = threading.Event()
     api = MemoryAPI(stop)
     settings = RunSettings(
-        sync=SyncSettings(host_root=str(host_root)), sources=SourcesSettings((SourceSpec("secret", "ns/pull"),)),
+        sync=SyncSettings(host_root=str(host_root)),
+        sources=SourcesSettings((SourceSpec("secret", "ns/pull"),)),
         observe=ObserveSettings(listen_host="127.0.0.1", listen_port=0, events=False, annotations=False),
-    )  # fmt: skip
+    )
     agent = Agent(settings, api=api, redactor=Redactor(), stop=stop)  # type: ignore[arg-type]
     thread = threading.Thread(target=agent.run, name="agent")
     thread.start()
@@ -90,6 +93,12 @@ def running(host_root: Path) -> Iterator[tuple[Agent, MemoryAPI]]:
         agent.shutdown()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def running(host_root: Path) -> Iterator[tuple[Agent, MemoryAPI]]:
+    with running_agent(host_root) as started:
+        yield started
 
 
 def test_a_secret_change_reaches_config_json(running: tuple[Agent, MemoryAPI], host_root: Path) -> None:

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from nodeagent.agent import Agent, RunSettings, SourceSpec
-from nodeagent.config import ObserveSettings, SourcesSettings, SyncSettings
-from nodeagent.observe.logging import Redactor
+from nodeagent.agent import Agent
 from nodeagent.sources.files import CHANGE_EVENTS
-from tests.test_agent_inprocess import MemoryAPI, _users, _wait_for
+from tests.test_agent_inprocess import _users, _wait_for
+from tests.test_agent_inprocess import running_agent as _agent
 
 QUIET_SECONDS = 3.0
 CAUSES = ("change", "drift", "retry", "resync")
@@ -31,26 +28,6 @@ CAUSES = ("change", "drift", "retry", "resync")
 def _passes(agent: Agent) -> dict[str, float]:
     registry = agent.metrics.registry
     return {cause: registry.get_sample_value("nodeagent_passes_total", {"cause": cause}) or 0.0 for cause in CAUSES}
-
-
-@contextmanager
-def _agent(host_root: Path) -> Iterator[tuple[Agent, MemoryAPI]]:
-    stop = threading.Event()
-    api = MemoryAPI(stop)
-    settings = RunSettings(
-        sync=SyncSettings(host_root=str(host_root)),
-        sources=SourcesSettings((SourceSpec("secret", "ns/pull"),)),
-        observe=ObserveSettings(listen_host="127.0.0.1", listen_port=0, events=False, annotations=False),
-    )
-    agent = Agent(settings, api=api, redactor=Redactor(), stop=stop)  # type: ignore[arg-type]
-    thread = threading.Thread(target=agent.run, name="agent")
-    thread.start()
-    try:
-        yield agent, api
-    finally:
-        agent.shutdown()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
 
 
 def _quiet_window(agent: Agent) -> dict[str, float]:

@@ -382,17 +382,21 @@ class HostFS(DirectoryWalk):
             os.close(fd)
         return sorted(n for n in names if TEMP_MARKER in n)
 
+    def _lock_file(self, host_dir: str, name: str) -> int:
+        """Open (creating, 0600) a lock file in the agent's private state dir, never through a link."""
+        self.ensure_dir(host_dir, mode=0o700, private=True)
+        with self._dirfd(host_dir, self.real_path(host_dir)) as dirfd:
+            try:
+                return os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+            except OSError as exc:
+                raise HostFSError(host_dir, f"cannot open the {name} file: {_describe(exc)}") from exc
+
     def presence(self, host_dir: str, *, exclusive: bool) -> int | None:
         """Take ``flock`` on ``<host_dir>/running`` without waiting: shared for a running agent
         (several may overlap in a rollout), exclusive for ``cleanup``, so neither runs while the
         other holds it. The descriptor (held until it is closed, or the process ends), or None
         when the other side holds it."""
-        self.ensure_dir(host_dir, mode=0o700, private=True)
-        with self._dirfd(host_dir, self.real_path(host_dir)) as dirfd:
-            try:
-                fd = os.open("running", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
-            except OSError as exc:
-                raise HostFSError(host_dir, f"cannot open the presence file: {_describe(exc)}") from exc
+        fd = self._lock_file(host_dir, "running")
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -403,12 +407,7 @@ class HostFS(DirectoryWalk):
     @contextlib.contextmanager
     def lock(self, host_dir: str, *, timeout: float = 30.0) -> Iterator[None]:
         """Hold an exclusive ``flock`` on ``<host_dir>/lock`` for the duration of the block."""
-        self.ensure_dir(host_dir, mode=0o700, private=True)
-        with self._dirfd(host_dir, self.real_path(host_dir)) as dirfd:
-            try:
-                fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
-            except OSError as exc:
-                raise HostFSError(host_dir, f"cannot open the lock file: {_describe(exc)}") from exc
+        fd = self._lock_file(host_dir, "lock")
         try:
             deadline = time.monotonic() + timeout
             while True:

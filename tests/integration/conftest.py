@@ -39,6 +39,21 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> 
     pytest.fail(f"timed out waiting for {what}")
 
 
+def start_real_agent(server: Any, token: str, tmp_path: Path, *args: str) -> AgentProcess:
+    """``nodeagent run`` as node-a's agent against a real kube-apiserver (tests/real_parsers.py),
+    authenticated with ``token``, on a fresh host root under ``tmp_path``."""
+    host_root = tmp_path / "host"
+    (host_root / "var/lib/kubelet").mkdir(parents=True)
+    kubeconfig = server.kubeconfig(tmp_path / "kubeconfig.json", token)
+    log_path = tmp_path / "agent.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEAGENT_", "KUBERNETES_"))}
+    cmd = [sys.executable, "-m", "nodeagent", "run", "--host-root", str(host_root), "--listen", "127.0.0.1:0"]
+    cmd += ["--log-format", "json", "--node-name", "node-a", "--kubeconfig", str(kubeconfig), *args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return AgentProcess(host_root, log_path, proc)
+
+
 class AgentProcess:
     def __init__(self, host_root: Path, log_path: Path, proc: subprocess.Popen[bytes]) -> None:
         self.host_root, self.log_path, self.proc = host_root, log_path, proc

@@ -21,7 +21,7 @@ from nodeagent.kube import KubeError, KubernetesClient
 from nodeagent.sources import SourceUpdate
 from nodeagent.sources.kube import SecretWatcher
 from tests.conftest import b64
-from tests.integration.conftest import AgentProcess, wait_for
+from tests.integration.conftest import start_real_agent, wait_for
 from tests.real_parsers import RealAPIServer
 from tests.test_chart import only, render
 
@@ -180,17 +180,8 @@ def test_agent_with_the_chart_token(apiserver: RealAPIServer, chart_token: str, 
     """The real agent with only the chart's token: first sync, the startup taint removed from its
     own Node (and only that taint), a rotation, delete and recreate, and its Node annotation and
     Events landing through the real RBAC and policy."""
-    host_root = tmp_path / "host"
-    (host_root / "var/lib/kubelet").mkdir(parents=True)
-    kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig.json", chart_token)
-    log_path = tmp_path / "agent.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEAGENT_", "KUBERNETES_"))}
-    cmd = [sys.executable, "-m", "nodeagent", "run", "--host-root", str(host_root), "--listen", "127.0.0.1:0",
-           "--log-format", "json", "--node-name", "node-a", "--kubeconfig", str(kubeconfig),
-           "--secret", f"{NS}/central", "--remove-startup-taint"]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    agent = AgentProcess(host_root, log_path, proc)
+    agent = start_real_agent(apiserver, chart_token, tmp_path, "--secret", f"{NS}/central", "--remove-startup-taint")
+    proc, log_path = agent.proc, agent.log_path
     try:
         wait_for(lambda: agent.passwords() == {"registry.example.com": "SENTINEL-real-1"}, "first sync", timeout=60)
 

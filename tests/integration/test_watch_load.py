@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +21,7 @@ import pytest
 
 from tests.conftest import FIGURES
 from tests.fake_kube import FakeKube, Fault
-from tests.integration.conftest import SENTINEL, AgentProcess, dockerconfig, wait_for
+from tests.integration.conftest import SENTINEL, dockerconfig, start_real_agent, wait_for
 from tests.real_parsers import RealAPIServer
 
 NS = "nodeagent"
@@ -72,17 +69,8 @@ def test_a_fault_costs_a_handful_of_requests(fault: tuple[str, RealAPIServer], t
         body = {"metadata": {"name": f"c{i}", "namespace": NS}}
         assert 201 == server.request("POST", f"/api/v1/namespaces/{NS}/configmaps", body)[0]
     assert 201 == server.request("POST", f"/api/v1/namespaces/{NS}/secrets", _secret("SENTINEL-load-1"))[0]
-    host_root = tmp_path / "host"
-    (host_root / "var/lib/kubelet").mkdir(parents=True)
-    kubeconfig = server.kubeconfig(tmp_path / "kubeconfig.json", TOKEN)
-    log_path = tmp_path / "agent.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEAGENT_", "KUBERNETES_"))}
-    cmd = [sys.executable, "-m", "nodeagent", "run", "--host-root", str(host_root), "--listen", "127.0.0.1:0",
-           "--log-format", "json", "--node-name", "node-a", "--kubeconfig", str(kubeconfig),
-           "--secret", f"{NS}/central"]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    agent = AgentProcess(host_root, log_path, proc)
+    agent = start_real_agent(server, TOKEN, tmp_path, "--secret", f"{NS}/central")
+    proc, log_path = agent.proc, agent.log_path
     try:
         wait_for(lambda: agent.passwords() == {"registry.example.com": "SENTINEL-load-1"}, "first sync", timeout=60)
         wait_for(

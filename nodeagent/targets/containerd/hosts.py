@@ -113,14 +113,16 @@ def render_hosts_files(
         header = _basic(credential) if credential is not None else None
         if header is None:
             warnings.append("containerd_auth = 'header' but no username/password credential for it: no header written")
-    files: dict[str, tuple[bytes, int]] = {
-        f"{directory}/hosts.toml": (_hosts_toml(settings, directory, header), 0o600 if header else 0o644)
-    }
+    # hosts.toml last: the files beside it exist only while it does (a pass killed between two
+    # writes or removals leaves no CA or client file without the agent's hosts.toml, which is what
+    # lets a later pass remove them: see ``hosts`` below).
+    files: dict[str, tuple[bytes, int]] = {}
     if settings.ca:
         files[f"{directory}/ca.crt"] = (settings.ca, 0o644)
     if settings.client_cert and settings.client_key:
         files[f"{directory}/client.cert"] = (settings.client_cert, 0o644)
         files[f"{directory}/client.key"] = (settings.client_key, 0o600)
+    files[f"{directory}/hosts.toml"] = (_hosts_toml(settings, directory, header), 0o600 if header else 0o644)
     return files, warnings
 
 
@@ -194,14 +196,19 @@ class HostsPlanning(PlanContext):
                     if path == hosts_path and root_created:
                         owned["root"] = "created"
                     desired[path] = (content, mode, HostsTomlRecord(owned=owned))
-        for path, record in self.records.items():
+        # Each directory's hosts.toml is removed after the files beside it (the order above).
+        for path, record in sorted(self.records.items(), key=lambda item: item[0].endswith("/hosts.toml")):
             if record.target != HOSTS_TARGET or path in desired:
                 continue
             directory = path.rsplit("/", 1)[0]
             hosts_toml = self.read(f"{directory}/hosts.toml")
-            if directory in taken_over or hosts_toml is None or not is_managed(hosts_toml):
-                # Someone took the directory over, or it has no hosts.toml of ours (its files are
-                # then not the agent's to remove, whatever a record says): leave all of it.
+            beside = not path.endswith("/hosts.toml")
+            if directory in taken_over or (hosts_toml is not None and not is_managed(hosts_toml)):
+                self.plan.forget.append(path)  # someone took the directory over: leave all of it
+                continue
+            if beside and hosts_toml is None:
+                # A CA or client file outlives the agent's hosts.toml only if a record says so
+                # falsely (the agent removes them first): not the agent's to remove.
                 self.plan.forget.append(path)
                 continue
             self.change(path, self.read(path), None, 0o600)
