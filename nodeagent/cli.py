@@ -13,6 +13,7 @@ Exit codes (also in README.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -449,9 +450,14 @@ def _cmd_wait_cleanup(args: argparse.Namespace, log: Any, *, api: KubeAPI | None
         "cleanup_timed_out",
         daemonset=args.daemonset,
         nodes_not_cleaned=left,
-        fix=f"kubectl -n {args.namespace} get pods -l app.kubernetes.io/component=cleanup: see why they are not ready; "
-        f"delete the DaemonSet {args.daemonset} by hand when done",
+        why=f"{left} node(s) did not report clean within {args.timeout:g}s",
+        fix="on each node not cleaned, run `nodeagent cleanup` (or reinstall with cleanupMode=true and uninstall "
+        "again); the cleanup DaemonSet is deleted so it does not stay behind",
     )
+    # Nothing left behind: the DaemonSet would otherwise loop (its ServiceAccount is gone) and
+    # pick up every new node.
+    with contextlib.suppress(KubeError):
+        api.delete_daemonset(args.namespace, args.daemonset)
     return EXIT_FAILED
 
 

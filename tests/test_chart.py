@@ -286,7 +286,7 @@ def test_daemonset_scheduling_defaults() -> None:
     pod = daemonset["spec"]["template"]["spec"]
     assert [{"operator": "Exists"}] == pod["tolerations"]
     assert "system-node-critical" == pod["priorityClassName"]
-    assert {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}} == daemonset["spec"]["updateStrategy"]
+    assert {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}} == daemonset["spec"]["updateStrategy"]
 
 
 def test_cleanup_mode_runs_cleanup() -> None:
@@ -580,3 +580,60 @@ def test_a_scoped_mounted_secret_carries_its_scope() -> None:
     scoped = args[args.index("--from-file-scoped") + 1]
     assert "/etc/nodeagent/sources/team/.dockerconfigjson=team-a, ci-*" == scoped
     assert "/etc/nodeagent/sources/shared/.dockerconfigjson" == args[args.index("--from-file") + 1]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping, as kustomize's parser does."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    keys = [loader.construct_object(key, deep=True) for key, _ in node.value]
+    duplicated = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if duplicated:
+        raise yaml.constructor.ConstructorError(None, None, f"key given twice: {duplicated}", node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_every_manifest_passes_a_strict_yaml_parser(feature: str) -> None:
+    """Every rendered template, for every feature set, loads with a parser that refuses a key given
+    twice (the cleanup DaemonSet's labels had app.kubernetes.io/component twice)."""
+    manifests = helm.Chart.load(CHART).render(FEATURES[feature], name="na", namespace="nodeagent", is_install=True)
+    for path, text in manifests.items():
+        if not path.endswith("NOTES.txt"):
+            list(yaml.load_all(text, Loader=_StrictLoader))
+
+
+def test_the_agents_selectors_never_match_hook_pods() -> None:
+    """The Service, PodMonitor and NetworkPolicy select the agent's pods by component, which the
+    uninstall hook's pods (cleanup DaemonSet, wait-cleanup Job) do not carry."""
+    objects = render(FEATURES["everything"])
+    daemonsets = [o for o in objects if o["kind"] == "DaemonSet"]
+    agent = next(d for d in daemonsets if "helm.sh/hook" not in d["metadata"].get("annotations", {}))
+    hook_pods = [d["spec"]["template"]["metadata"]["labels"] for d in daemonsets if d is not agent]
+    hook_pods += [o["spec"]["template"]["metadata"]["labels"] for o in objects if o["kind"] == "Job"]
+    selectors = [o["spec"]["selector"] for o in objects if o["kind"] == "Service"]
+    selectors += [o["spec"]["selector"]["matchLabels"] for o in objects if o["kind"] == "PodMonitor"]
+    assert len(selectors) == 2 and hook_pods
+    for selector in selectors:
+        assert selector.items() <= agent["spec"]["template"]["metadata"]["labels"].items()
+        assert not any(selector.items() <= labels.items() for labels in hook_pods)
+
+
+def test_the_wait_cleanup_job_can_run_where_the_cleanup_runs_and_ends_before_helm() -> None:
+    """The post-delete Job tolerates what the cleanup DaemonSet tolerates (a lone control-plane
+    node), pulls with the chart's and global pull secrets, gives up before helm uninstall's
+    default 5-minute timeout, and has room for the kubernetes client (128Mi was exceeded)."""
+    values = {"global": {"imagePullSecrets": ["from-global"]}, "imagePullSecrets": [{"name": "own"}]}
+    objects = render(values)
+    (job,) = hooks([o for o in objects if o["kind"] == "Job"], "post-delete")
+    (cleanup,) = [d for d in hooks(objects, "post-delete") if d["kind"] == "DaemonSet"]
+    pod = job["spec"]["template"]["spec"]
+    assert cleanup["spec"]["template"]["spec"]["tolerations"] == pod["tolerations"]
+    assert [{"name": "own"}, {"name": "from-global"}] == pod["imagePullSecrets"]
+    timeout = int(pod["containers"][0]["args"][pod["containers"][0]["args"].index("--timeout") + 1])
+    assert timeout < job["spec"]["activeDeadlineSeconds"] < 300
+    assert pod["containers"][0]["resources"]["limits"]["memory"] == "256Mi"

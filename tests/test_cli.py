@@ -354,3 +354,20 @@ def test_a_scoped_file_source_keeps_its_scope_and_order() -> None:
     for bad in ("/m/t=", "/m/t=Team_A", "team-a"):
         with pytest.raises(SettingsError):
             cli._run_settings(cli.parse_args(["run", "--from-file-scoped", bad]))
+
+
+def test_wait_cleanup_that_times_out_deletes_the_daemonset_and_says_what_is_left() -> None:
+    """Nodes that never report clean: wait-cleanup exits 1 after its timeout, naming how many are
+    left, and deletes the cleanup DaemonSet (left behind, it loops and takes every new node)."""
+    from nodeagent import cli
+    from nodeagent.observe.logging import get_logger
+
+    class NeverClean(_FlakyDaemonSetAPI):
+        def get_daemonset(self, namespace: str, name: str) -> dict[str, Any] | None:
+            status = {"desiredNumberScheduled": 3, "numberReady": 1, "observedGeneration": 1}
+            return {"metadata": {"generation": 1}, "status": status}
+
+    args = cli.parse_args(["wait-cleanup", "--daemonset", "x", "--timeout", "0.5"])
+    api = NeverClean()
+    assert 1 == cli._cmd_wait_cleanup(args, get_logger(), api=api)  # type: ignore[arg-type]
+    assert api.deleted

@@ -21,13 +21,19 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Standard labels (app.kubernetes.io/*), on every object. */}}
+{{/* Standard labels (app.kubernetes.io/*), on every object: the agent's component. */}}
 {{- define "nodeagent.labels" -}}
+{{ include "nodeagent.baseLabels" . }}
+app.kubernetes.io/component: node-agent
+{{- end }}
+
+{{/* The standard labels without a component, for objects that name their own (the uninstall
+hook's cleanup DaemonSet): a key given twice is refused by strict YAML parsers (kustomize). */}}
+{{- define "nodeagent.baseLabels" -}}
 helm.sh/chart: {{ include "nodeagent.chart" . }}
 {{ include "nodeagent.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/component: node-agent
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
