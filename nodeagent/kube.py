@@ -59,11 +59,50 @@ class KubeAPI(Protocol):
         """Delete the DaemonSet (its pods follow through garbage collection)."""
 
 
+def _api_reason(exc: Any) -> str:
+    """What the API server said: the ``message`` of the Status it answered (an admission policy's
+    denial, an RBAC refusal naming the verb and resource), else the HTTP reason. Status messages
+    name objects, never their data; bounded all the same."""
+    try:
+        body = loads_json(exc.body) if exc.body else None
+    except DecodeError:
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    reason = str(exc.reason or "")
+    if isinstance(message, str) and message:
+        return f"{reason}: {message[:300]}" if reason else message[:300]
+    return reason
+
+
 def _retry_after(headers: Any) -> float | None:
     try:
         return float(headers.get("Retry-After")) if headers and headers.get("Retry-After") else None
     except (TypeError, ValueError):
         return None
+
+
+_TOKEN_WHITESPACE = (
+    "the API token contains a newline or other whitespace that HTTP headers cannot carry: check the token "
+    "(or tokenFile) in the kubeconfig"
+)
+
+
+def _strip_token(configuration: Any) -> None:
+    """A token file written with a trailing newline (``echo TOKEN > file``) is the token: strip
+    the whitespace around it, now and whenever the client refreshes it from the file."""
+
+    def strip(config: Any) -> None:
+        config.api_key = {k: v.strip() if isinstance(v, str) else v for k, v in (config.api_key or {}).items()}
+
+    strip(configuration)
+    refresh = configuration.refresh_api_key_hook
+    if refresh is not None:
+
+        def refreshed(config: Any) -> None:
+            refresh(config)
+            strip(config)
+
+        configuration.refresh_api_key_hook = refreshed
 
 
 class KubernetesClient:
@@ -81,6 +120,7 @@ class KubernetesClient:
         except Exception as exc:  # the loaders raise several unrelated types
             where = kubeconfig or "the in-cluster service account"
             raise KubeError(f"loading API credentials from {where}", None, type(exc).__name__) from None
+        _strip_token(configuration)
         configuration.retries = 0  # the agent does its own backoff with jitter
         self._api_client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api_client)
@@ -93,7 +133,11 @@ class KubernetesClient:
         try:
             return fn(*args, _preload_content=False, _request_timeout=(self._connect_timeout, read_timeout), **kwargs)
         except ApiException as exc:
-            raise KubeError(what, exc.status, str(exc.reason or ""), _retry_after(exc.headers)) from None
+            raise KubeError(what, exc.status, _api_reason(exc), _retry_after(exc.headers)) from None
+        except ValueError as exc:
+            if "header" in str(exc).lower():  # http.client refuses a header value with a newline
+                raise KubeError(what, None, _TOKEN_WHITESPACE) from None
+            raise KubeError(what, None, type(exc).__name__) from None
         except Exception as exc:  # urllib3 / socket errors: never surface the transport type
             raise KubeError(what, None, type(exc).__name__) from None
 
@@ -168,20 +212,10 @@ class KubernetesClient:
         return body
 
     def patch_node_annotations(self, name: str, annotations: dict[str, str | None]) -> None:
-        from kubernetes.client import ApiException
-
         body = {"metadata": {"annotations": annotations}}
-        try:
-            self._core.patch_node(
-                name,
-                body,
-                _content_type="application/merge-patch+json",
-                _request_timeout=(self._connect_timeout, 10.0),
-            )
-        except ApiException as exc:
-            raise KubeError(f"patch node {name}", exc.status, str(exc.reason or "")) from None
-        except Exception as exc:
-            raise KubeError(f"patch node {name}", None, type(exc).__name__) from None
+        merge = "application/merge-patch+json"
+        what = f"patch node {name}"
+        _ = self._call(what, self._core.patch_node, name, body, _content_type=merge, read_timeout=10.0).data  # drained
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         self._call(f"create event in {namespace}", self._core.create_namespaced_event, namespace, body)
@@ -204,7 +238,6 @@ class KubernetesClient:
                 raise
 
     def remove_node_taint(self, name: str, key: str) -> bool:
-        from kubernetes.client import ApiException
 
         taints = (self.get_node(name).get("spec") or {}).get("taints") or []
         indexes = [i for i, t in enumerate(taints) if isinstance(t, dict) and t.get("key") == key]
@@ -223,12 +256,8 @@ class KubernetesClient:
                 {"op": "remove", "path": f"/spec/taints/{index}"},
             )
         ]
-        try:
-            self._core.patch_node(
-                name, body, _content_type="application/json-patch+json", _request_timeout=(self._connect_timeout, 10.0)
-            )
-        except ApiException as exc:
-            raise KubeError(f"remove taint from node {name}", exc.status, str(exc.reason or "")) from None
-        except Exception as exc:
-            raise KubeError(f"remove taint from node {name}", None, type(exc).__name__) from None
+        what = f"remove taint from node {name}"
+        self._call(
+            what, self._core.patch_node, name, body, _content_type="application/json-patch+json", read_timeout=10.0
+        )
         return True

@@ -43,6 +43,11 @@ BACKOFF_BASE, BACKOFF_CAP, BACKOFF_RESET = 1.0, 30.0, 120.0
 failure (client-go's reflector: 800 ms, 30 s, 2 min). A list that works does not reset it: one
 API server restart then costs each agent a list and a watch, not a relist loop across the fleet."""
 
+TOKEN_HINT = (
+    "401: the API server does not accept the agent's token (expired, revoked, or from another cluster); "
+    "not an RBAC problem: check the ServiceAccount token the pod mounts, or the --kubeconfig"
+)
+
 FORBIDDEN_RETRY = 60.0
 """Default: 401/403 need a person to fix RBAC; retrying faster only floods the API server's audit log."""
 
@@ -183,10 +188,10 @@ class _Watcher(threading.Thread):
             self._refused(exc)
             delay = self._rng.uniform(self.forbidden_retry / 2, self.forbidden_retry)
             self.log.error(
-                "watch_forbidden",
+                "watch_forbidden" if exc.status == 403 else "watch_unauthorized",
                 status=exc.status,
                 error=str(exc),
-                hint=self.rbac_hint,
+                hint=self.rbac_hint if exc.status == 403 else TOKEN_HINT,
                 retry_in_s=round(delay, 1),
             )
         else:
@@ -240,7 +245,8 @@ class SecretWatcher(_Watcher):
     def _refused(self, exc: KubeError) -> None:
         # Not "absent": the Secret may well exist. The agent applies the other sources, keeps
         # whatever this one gave before, and stays not ready naming it.
-        error = f"{exc.status} {'Unauthorized' if exc.status == 401 else 'Forbidden'}: {self.rbac_hint}"
+        error = f"{exc.status} {'Unauthorized' if exc.status == 401 else 'Forbidden'}: "
+        error += TOKEN_HINT if exc.status == 401 else self.rbac_hint
         self._sink(SourceUpdate(self.label, "unreadable", time.monotonic(), error=error))
 
     def _apply(self, event_type: str, obj: dict[str, Any] | None) -> None:

@@ -249,8 +249,9 @@ def test_unauthorized_then_recovers(kube: FakeKube, start_agent: Start) -> None:
     good_token = kube.token
     kube.token = "revoked"
     kube.drop_watches()
-    event = wait_for(lambda: agent.events("watch_forbidden"), "401 reported")[0]
+    event = wait_for(lambda: agent.events("watch_unauthorized"), "401 reported")[0]
     assert 401 == event["status"]
+    assert "token" in event["hint"] and "RBAC" not in event["hint"].replace("not an RBAC problem", "")
     assert 1 <= event["retry_in_s"] <= 2
     kube.token = good_token
     kube.inject(Fault("slow", seconds=1.0))

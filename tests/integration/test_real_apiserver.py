@@ -243,6 +243,22 @@ def test_a_startup_taint_of_two_effects_is_removed_whole(
     assert not api.remove_node_taint("node-a", key)
 
 
+def test_a_refusal_carries_the_api_servers_message(apiserver: RealAPIServer, chart_token: str, tmp_path: Path) -> None:
+    """A request the Node policy denies is a KubeError naming the policy's message (not only
+    "422 Unprocessable Entity"); a token file written with a trailing newline still works."""
+    token_file = tmp_path / "token"
+    token_file.write_text(chart_token + "\n")
+    kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig.json", chart_token)
+    document = json.loads(kubeconfig.read_text())
+    document["users"][0]["user"] = {"tokenFile": str(token_file)}
+    kubeconfig.write_text(json.dumps(document))
+    api = KubernetesClient(str(kubeconfig))
+    with pytest.raises(KubeError) as refused:
+        api.patch_node_annotations("node-b", {"nodeagent.io/credentials-revision": "r"})
+    assert 422 == refused.value.status
+    assert "nodeagent may patch only the Node its pod runs on" in str(refused.value)
+
+
 class _RecordingAPI:
     """The agent's own client, recording what the server answered: lists made, and every watch
     that ended in an error (an ERROR event's code, or the HTTP status of a refused watch)."""
