@@ -271,3 +271,18 @@ def test_ecr_registries_become_a_source_with_a_valid_token_only(expires_in: floa
         assert ([host], []) == ([c.key for c in result.credentials], list(result.rejected))
     else:
         assert ([], ["no valid ECR token yet"]) == (list(result.credentials), [p.reason for p in result.rejected])
+
+
+def test_the_build_is_a_metric() -> None:
+    """nodeagent_build_info names the version, the Python and the platform the agent runs."""
+    import platform
+    import sys
+
+    from nodeagent import __version__
+
+    labels = {
+        "version": __version__,
+        "python": platform.python_version(),
+        "platform": f"{sys.platform}/{platform.machine()}",
+    }
+    assert 1.0 == Metrics().registry.get_sample_value("nodeagent_build_info", labels)

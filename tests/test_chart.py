@@ -637,3 +637,10 @@ def test_the_wait_cleanup_job_can_run_where_the_cleanup_runs_and_ends_before_hel
     timeout = int(pod["containers"][0]["args"][pod["containers"][0]["args"].index("--timeout") + 1])
     assert timeout < job["spec"]["activeDeadlineSeconds"] < 300
     assert pod["containers"][0]["resources"]["limits"]["memory"] == "256Mi"
+
+
+def test_notes_say_first_when_the_image_is_the_placeholder() -> None:
+    """No public registry publishes the image: with the default repository, NOTES open with a
+    warning and the way out; with a real one, they do not."""
+    assert _notes({}).lstrip().startswith("WARNING: image.repository is the chart's placeholder")
+    assert "placeholder" not in _notes({"image": {"repository": "registry.example.com/platform/nodeagent"}})

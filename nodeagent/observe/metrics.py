@@ -6,7 +6,12 @@ registry credential or any value from a Secret's data.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import platform
+import sys
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from nodeagent import __version__
 
 __all__ = ["Metrics"]
 
@@ -15,6 +20,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.build = Info("nodeagent_build", "The agent's version, its Python and platform", registry=r)
+        self.build.info({"version": __version__, "python": platform.python_version(), "platform": f"{sys.platform}/{platform.machine()}"})
         self.syncs = Counter("nodeagent_syncs_total", "Reconcile passes by result", ["result"], registry=r)
         self.passes = Counter(
             "nodeagent_passes_total",
