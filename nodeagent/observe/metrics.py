@@ -21,7 +21,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.build = Info("nodeagent_build", "The agent's version, its Python and platform", registry=r)
-        self.build.info({"version": __version__, "python": platform.python_version(), "platform": f"{sys.platform}/{platform.machine()}"})
+        runtime = {"python": platform.python_version(), "platform": f"{sys.platform}/{platform.machine()}"}
+        self.build.info({"version": __version__, **runtime})
         self.syncs = Counter("nodeagent_syncs_total", "Reconcile passes by result", ["result"], registry=r)
         self.passes = Counter(
             "nodeagent_passes_total",
