@@ -179,6 +179,53 @@ def test_rejected_entries_count_as_partial_but_pending_ecr_tokens_do_not() -> No
     assert "ecr_token_pending" in log.events() and "entry_rejected" in log.events()
 
 
+def test_a_rejected_entry_is_counted_and_logged_once_per_change() -> None:
+    """The same bad entry on every pass: counted and logged at error level once, again only
+    when it changes (before: one more count and one more error line per pass)."""
+    api, log = API(), Log()
+    status = _status(api, log)
+    bad = EntryProblem("bad host", None, "not a registry", "secret:ns/a")
+    worse = EntryProblem("bad host", None, "still not a registry", "secret:ns/a")
+    for report in [SyncReport(rejected=(bad,))] * 3 + [SyncReport(rejected=(worse,))]:
+        status.pass_done(report, changes=0, latency=None, held_because=[], sources={})
+    sample = status.metrics.registry.get_sample_value
+    assert 2.0 == sample("nodeagent_rejected_entries_total", {"source": "secret:ns/a"})
+    assert 2 == sum(1 for level, event, _ in log.lines if (level, event) == ("error", "entry_rejected"))
+
+
+def test_a_held_pass_is_not_a_success_and_annotates_nothing() -> None:
+    """While a source's state is unknown the node keeps what it had: the pass counts as held and
+    no revision is annotated (it would name a set of credentials the node does not have)."""
+    api, log = API(), Log()
+    status = _status(api, log)
+    status.poster.start()
+    report = SyncReport(registries=0, revision="empty", written=[])
+    status.pass_done(report, changes=0, latency=None, held_because=["secret:ns/a: unreadable"], sources={})
+    status.poster.stop(timeout=5)
+    sample = status.metrics.registry.get_sample_value
+    assert (1.0, None) == (
+        sample("nodeagent_syncs_total", {"result": "held"}),
+        sample("nodeagent_syncs_total", {"result": "success"}),
+    )
+    assert [] == api.annotations
+
+
+def test_events_say_registry_and_registries_and_what_still_applies() -> None:
+    """One registry is 'registry'; a lone source that is unreadable does not claim others apply."""
+    api, log = API(), Log()
+    status = _status(api, log)
+    status.poster.start()
+    status.pass_done(
+        SyncReport(registries=1, revision="r", written=["/x"]), changes=1, latency=0.1, held_because=[], sources={}
+    )
+    update = SourceUpdate("secret:ns/a", "unreadable", 0.0, error="403 forbidden")
+    status.source_recorded(update, Recorded("unreadable", "valid", "403 forbidden", True))
+    status.poster.stop(timeout=5)
+    messages = {e["reason"]: e["message"] for e in api.events}
+    assert messages["CredentialsSynced"].startswith("1 registry, ")
+    assert "other sources" not in messages["SourceUnreadable"]
+
+
 # -- the startup taint ----------------------------------------------------------------------------
 def test_the_taint_waits_for_every_source_then_retries_with_backoff() -> None:
     now, api, log, emitted = [0.0], API(taint_errors=2), Log(), []

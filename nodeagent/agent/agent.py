@@ -72,6 +72,7 @@ class Agent:
             event_namespace=settings.observe.event_namespace,
             on_secret_deleted=settings.sources.on_secret_deleted,
             clock=clock,
+            source_count=len(settings.sources.specs),
         )
         self.taint = StartupTaint(
             enabled=settings.startup_taint, api=api, node_name=settings.node_name, clock=clock, log=self.log,

@@ -51,14 +51,16 @@ class Status:
         event_namespace: str,
         on_secret_deleted: str,
         clock: Callable[[], float],
+        source_count: int = 1,
     ) -> None:
         self.metrics, self.log, self.api, self.node_name = metrics, log, api, node_name
         self.annotations = annotations
-        self.on_secret_deleted = on_secret_deleted
+        self.on_secret_deleted, self.source_count = on_secret_deleted, source_count
         self.clock = clock
         self.health = Health(heartbeat=clock())
         self.poster = Poster()
         self._conflicts: frozenset[str] = frozenset()
+        self._rejected: frozenset[str] = frozenset()
         self.events = (
             EventRecorder(api=api, node_name=node_name, namespace=event_namespace, poster=self.poster)
             if api is not None and node_name and events
@@ -85,7 +87,8 @@ class Status:
         elif recorded.status == "unreadable":
             log.error("source_unreadable", error=recorded.error, keeping=keeping)
             if recorded.previous != "unreadable":  # retried every minute or so: one Event per change
-                event = ("SourceUnreadable", f"{update.source}: {recorded.error}; the other sources still apply")
+                rest = "the other sources still apply" if self.source_count > 1 else "the node keeps what it has"
+                event = ("SourceUnreadable", f"{update.source}: {recorded.error}; {rest}")
         elif update.kind in ("deleted", "absent"):
             keep = self.on_secret_deleted == "keep"
             log.warning(
@@ -113,30 +116,39 @@ class Status:
     ) -> None:
         """Metrics, logs and Events of one applied pass, and the Node's annotations when it changed."""
         bad_input = any(p.source != ECR_SOURCE for p in report.rejected)
-        self.metrics.syncs.labels("partial" if bad_input else "success").inc()
+        # Holding (a source of unknown state): the node keeps what it had, which is not the
+        # revision of this pass's sources; counted and annotated as such, not as a success.
+        result = "held" if held_because else "partial" if bad_input else "success"
+        self.metrics.syncs.labels(result).inc()
         self.metrics.last_success.set(time.time())
         self.metrics.managed.set(report.registries)
         self.metrics.writes.inc(changes)
-        for problem in report.rejected:
-            if problem.source != ECR_SOURCE:
+        rejected = frozenset(str(p) for p in report.rejected if p.source != ECR_SOURCE)
+        for problem in report.rejected:  # once per change, not once per pass
+            if problem.source != ECR_SOURCE and str(problem) not in self._rejected:
                 self.metrics.rejected.labels(problem.source).inc()
         if latency is not None:
             self.metrics.propagation.observe(max(0.0, latency))
-        self._log_report(report, held_because, latency, sources)
+        self._log_report(report, held_because, latency, sources, new_rejections=rejected - self._rejected)
+        self._rejected = rejected
         conflicts = frozenset(str(p) for p in report.conflicts)
         if conflicts - self._conflicts:  # one Event when a conflict appears, not on every resync
             self.emit("SyncConflict", "; ".join(sorted(conflicts))[:1000], warning=True)
         self._conflicts = conflicts
         self.health.first_sync_done = True
+        if held_because:
+            return  # the revision annotation says what the node has: not known while holding
         if report.written or report.removed or self.health.annotated_revision != report.revision:
             self._annotate(report.revision)
 
-    def _log_report(self, report: SyncReport, held_because: list[str], latency: float | None, sources: Any) -> None:
+    def _log_report(
+        self, report: SyncReport, held_because: list[str], latency: float | None, sources: Any, new_rejections: Any
+    ) -> None:
         for problem in report.rejected:
             if problem.source == ECR_SOURCE:  # a token still on its way: held, not a bad input
                 self.log.info("ecr_token_pending", registry=problem.key)
                 continue
-            self.log.error(
+            (self.log.error if str(problem) in new_rejections else self.log.debug)(
                 "entry_rejected", registry=safe_key(problem.key), source=problem.source, reason=problem.reason
             )
         for problem in report.conflicts:
@@ -161,7 +173,8 @@ class Status:
             sources=sources,
         )
         if report.written or report.removed:
-            self.emit("CredentialsSynced", f"{report.registries} registries, revision {report.revision}")
+            count = f"{report.registries} {'registry' if report.registries == 1 else 'registries'}"
+            self.emit("CredentialsSynced", f"{count}, revision {report.revision}")
         if report.kubelet_restart_needed:
             message = (
                 f"the kubelet's credential-provider config changed ({', '.join(report.provider_configs)}); the "
