@@ -193,3 +193,28 @@ def test_symlink_at_plugin_or_config_refused(host_root: Path, tmp_path: Path, pl
     with pytest.raises(SymlinkRefused):
         sync(HostFS(host_root), _settings(host_root), [], hold_all=True)
     assert "precious" == outside.read_text()
+
+
+def test_the_settings_name_the_files_the_target_trusts() -> None:
+    """The paths ProviderSettings derives (config.py cannot import the target) carry the names the
+    provider target writes and trusts in the ledger: pinned here, the one place both are read."""
+    from nodeagent.config import ProviderSettings
+    from nodeagent.model.ledger import PluginRecord, ProviderCredentialsRecord
+    from nodeagent.targets.provider import (
+        CREDENTIALS_FILE,
+        SCOPED_PLUGIN_NAME,
+        STATIC_PLUGIN_NAME,
+        ProviderTarget,
+    )
+
+    settings = ProviderSettings(bin_dir="/b", config_path="/c")
+    target = ProviderTarget(settings, backup_path="/var/lib/nodeagent/x")
+    assert (f"/b/{PLUGIN_NAME}", f"/b/{STATIC_PLUGIN_NAME}", f"/b/{SCOPED_PLUGIN_NAME}") == (
+        settings.plugin_path,
+        settings.static_plugin_path,
+        settings.scoped_plugin_path,
+    )
+    assert settings.credentials_file.endswith("/" + CREDENTIALS_FILE)
+    plugins = (settings.plugin_path, settings.static_plugin_path, settings.scoped_plugin_path)
+    assert all(target.trusts(p, PluginRecord()) for p in plugins)
+    assert target.trusts(settings.credentials_file, ProviderCredentialsRecord())
