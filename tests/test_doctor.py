@@ -915,3 +915,11 @@ def test_a_startup_taint_nobody_removes_is_named(host_root: Path, via: str) -> N
     subprocess.run(sync, check=True, capture_output=True, timeout=60)
     ids = _run_doctor(host_root, **facts)
     assert ("kubelet.startup-taint-orphaned" in ids, "kubelet.startup-taint" in ids) == (False, True)
+
+
+def test_an_invalid_image_reference_is_named_not_looked_up(host_root: Path) -> None:
+    """doctor --image with a reference the kubelet refuses says so (an error), and looks nothing up."""
+    code, report = _doctor(host_root, "--no-discover", "--image", "not a valid image!!")
+    (finding,) = [f for f in report["findings"] if f["id"] == "image.invalid-reference"]
+    assert (2, "error") == (code, finding["severity"])
+    assert "credentials" not in report["image"]

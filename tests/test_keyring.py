@@ -126,3 +126,37 @@ def test_lookup_model_agrees_with_the_kubelet(tmp_path_factory: Any, keys: list[
     )
     matches, _ = lookup(image, list(creds))
     assert kubelet_lookup(root, image) == [creds[m.key] for m in matches]
+
+
+_REFERENCE_PARTS = st.sampled_from(
+    [
+        *("nginx", "Nginx", "team/app", "team//app", "r.example.com", "r.example.com:5000", "localhost"),
+        *("[::1]:5000", "a__b", "a___b", "a--b", "-a", "a.", "UPPER.example.com", "x" * 70, ":tag", ":v1.2"),
+        *(":-bad", "@sha256:" + "a" * 64, "@sha256:" + "A" * 64, "@sha256:" + "a" * 63, "@sha512:" + "b" * 128),
+        *("@md5:" + "c" * 32, "@", "!!", " ", "é", "0" * 64, "/", ".", "_"),
+    ]
+)
+_VERDICTS: set[bool] = set()
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(_REFERENCE_PARTS, min_size=1, max_size=4))
+def test_image_reference_validity_agrees_with_the_kubelet(parts: list[str]) -> None:
+    """doctor refuses exactly the image references the kubelet's ParseImageName refuses."""
+    from nodeagent.model.keyring import image_reference_problem
+    from tests.real_parsers import KubeletRejects, kubelet_keyring_lookup
+
+    image = "".join(parts)
+    try:
+        kubelet_keyring_lookup(b'{"auths": {}}', image)
+        kubelet_accepts = True
+    except KubeletRejects:
+        kubelet_accepts = False
+    assert kubelet_accepts == (image_reference_problem(image) is None), image
+    _VERDICTS.add(kubelet_accepts)
+
+
+def test_the_reference_test_saw_both_verdicts() -> None:
+    """The generated references included some the kubelet accepts and some it refuses."""
+    test_image_reference_validity_agrees_with_the_kubelet()
+    assert {True, False} == _VERDICTS

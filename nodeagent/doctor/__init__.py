@@ -100,7 +100,8 @@ def run_doctor(
             patterns += [(STATIC_PLUGIN_NAME, p) for p in doctor.static_match_images]
         check_image(report, doctor.used, image, patterns)
         assert report.image is not None
-        report.image["containerdHostsToml"] = containerd_hosts_for(hostfs, roots, image)
+        if "error" not in report.image:
+            report.image["containerdHostsToml"] = containerd_hosts_for(hostfs, roots, image)
     if do_probe and doctor.used is not None:
         auths = {k: v for k, v in kubelet_entries(doctor.used[1]).items() if isinstance(v, dict)}
         report.probe = probe(

@@ -11,7 +11,7 @@ from nodeagent.errors import HostFSError, InputError
 from nodeagent.host.hostfs import TEMP_MARKER
 from nodeagent.model.credentials import safe_key
 from nodeagent.model.decoding import DecodeError, loads_json
-from nodeagent.model.keyring import lookup
+from nodeagent.model.keyring import image_reference_problem, lookup
 from nodeagent.model.ledger import Ledger
 from nodeagent.model.registries import InvalidRegistry, normalise_key
 from nodeagent.targets.kubelet import kubelet_entries, kubelet_problems
@@ -216,7 +216,21 @@ class KubeletChecks(Checks):
 def check_image(
     report: Report, used: tuple[str, dict[str, Any]] | None, image: str, provider_patterns: list[tuple[str, str]]
 ) -> None:
-    """Which credentials the kubelet would try for ``image``, in order, and which providers it calls."""
+    """Which credentials the kubelet would try for ``image``, in order, and which providers it calls;
+    an image the kubelet would refuse as a reference is named, not looked up."""
+    problem = image_reference_problem(image)
+    if problem is not None:
+        report.image = {"image": image, "error": problem}
+        report.findings.append(
+            Finding(
+                "image.invalid-reference",
+                "error",
+                f"{image[:200]!r} is not an image reference: {problem}",
+                "the kubelet refuses to pull it (InvalidImageName), whatever the credentials",
+                "fix the image in the pod spec (name[:tag][@sha256:digest], lowercase repository)",
+            )
+        )
+        return
     keys = list(kubelet_entries(used[1])) if used else []
     matches, providers = lookup(image, keys, provider_patterns)
     report.image = {

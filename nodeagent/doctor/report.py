@@ -88,7 +88,9 @@ def render_text(report: Report, *, colour: bool) -> str:
             lines.append(f"    fix: {finding.fix}")
         if finding.why:
             lines.append(f"    why: {finding.why}")
-    if report.image is not None:
+    if report.image is not None and "error" in report.image:
+        lines.append(f"image {report.image['image']!r}: not looked up ({report.image['error']})")
+    elif report.image is not None:
         lines.append(f"image {report.image['image']}: the kubelet tries, in order:")
         for i, cred in enumerate(report.image["credentials"], 1):
             lines.append(f"    {i}. {cred['key']} ({cred['reason']}) from {report.image['configJson']}")

@@ -18,6 +18,7 @@ Credential-provider ``matchImages`` use the same matching.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from nodeagent.model.registries import InvalidRegistry, normalise_key
 
 __all__ = [
     "Match",
+    "image_reference_problem",
     "image_registry_path",
     "is_docker_hub_image",
     "kubelet_key",
@@ -51,6 +53,47 @@ def image_registry_path(image: str) -> str:
     if ":" in last[-1]:
         name = name[: name.rfind(":")]
     return name
+
+
+# The image reference grammar of github.com/distribution/reference, which the kubelet's
+# ParseImageName applies (ParseNormalizedNamed): Go's \w is ASCII.
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[(?:[a-fA-F0-9:]+)\])"
+_NAME = rf"(?:{_HOST}(?::[0-9]+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_REFERENCE = re.compile(
+    rf"(?P<name>{_NAME})(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@(?P<algorithm>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*):(?P<hex>[0-9a-fA-F]{32,}))?",
+    re.ASCII,
+)
+_DIGEST_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+
+
+def image_reference_problem(image: str) -> str | None:
+    """Why the kubelet's image puller would refuse ``image`` as a reference, or None: a model of
+    ``ParseNormalizedNamed`` (compared with the kubelet's own in tests/test_keyring.py)."""
+    if re.fullmatch(r"[a-f0-9]{64}", image):
+        return "a 64-character hexadecimal string is an image ID, not a repository name"
+    first, slash, rest = image.partition("/")
+    domain_given = bool(slash) and (any(ch in first for ch in ".:") or first == "localhost" or first.lower() != first)
+    remainder = rest if domain_given else image
+    if remainder.split(":", 1)[0] != remainder.split(":", 1)[0].lower():
+        return "the repository name must be lowercase"
+    normalised = image if domain_given else f"docker.io/{image}"
+    match = _REFERENCE.fullmatch(normalised)
+    if match is None:
+        return "not a valid image reference (name[:tag][@digest], lowercase path components)"
+    if len(match["name"]) > 255:
+        return "the repository name is longer than 255 characters"
+    if match["algorithm"] is not None:
+        length = _DIGEST_LENGTHS.get(match["algorithm"])
+        if length is None:
+            return f"unsupported digest algorithm {match['algorithm'][:20]!r}"
+        if len(match["hex"]) != length or match["hex"] != match["hex"].lower():
+            return f"a {match['algorithm']} digest is {length} lowercase hexadecimal characters"
+    return None
 
 
 def normalise_image(image: str) -> str:
