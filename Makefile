@@ -10,15 +10,27 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Re-install when the project's metadata changes.
+# Re-install when the project's metadata changes. The build backend's warnings go to a log, shown
+# only when the install fails.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' 2>$(VENV)/install.log || { cat $(VENV)/install.log; exit 1; }
 	touch $@
 
-demo: $(VENV)/.installed
+# The demo runs the agent alone: the package and its runtime dependencies, not the test tools.
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e . 2>$(VENV)/install.log || { cat $(VENV)/install.log; exit 1; }
+	touch $@
+
+demo: $(VENV)/.installed-run
 	rm -rf $(DEMO) && mkdir -p $(DEMO)/host
 	cp -r examples/node/. $(DEMO)/host/
 	@echo "== node before: a foreign config.json with its own entries and credsStore, containerd with its own hosts.toml"
+	@echo "-- /var/lib/kubelet/config.json (auth values masked)"
+	@$(BIN)/python -c 'import json,sys; d=json.load(open(sys.argv[1])); \
+	    [e.update(auth="***") for e in d["auths"].values() if "auth" in e]; print(json.dumps(d, indent=2))' \
+	    $(DEMO)/host/var/lib/kubelet/config.json
+	@cd $(DEMO)/host && for f in etc/containerd/config.toml etc/containerd/certs.d/*/hosts.toml; do \
+	    echo "-- /$$f"; cat "$$f"; done
 	$(BIN)/nodeagent sync --once --from-file examples/dockerconfigjson.json --host-root $(DEMO)/host \
 	    --registry-config examples/registries.toml --log-format console; \
 	    echo "exit code $$? (3 = applied, one entry rejected)"
