@@ -89,7 +89,8 @@ def _add(parser: Any, *options: Option) -> None:
     """Flags from their declarations (config.py). Every default is None here: a value not given on
     the command line comes from the option's variable or its declared default (``_resolve``)."""
     for option in options:
-        shown = "" if option.default in (None, (), False) else f"default {option.default}; "
+        default = option.default_text or option.default
+        shown = "" if default in (None, (), False) else f"default {default}; "
         text = f"{option.help} ({shown}{option.variable})" if option.variable else option.help
         if option.switch:
             parser.add_argument(option.flag, action="store_const", const=True, default=None, help=text)

@@ -360,6 +360,8 @@ class Option:
     """A variable read when ours is not set (``POD_NAMESPACE`` from the downward API)."""
     fallback_first: bool = False
     """Read ``fallback_env`` before ours (``NODE_NAME``, which the chart sets from the downward API)."""
+    default_text: str = ""
+    """The default as people type it, when its parsed form reads differently (``--listen``)."""
 
     @property
     def dest(self) -> str:
@@ -449,9 +451,10 @@ SOURCE_OPTIONS = (
     Option("--forbidden-retry", "seconds between retries after 401/403",
            field_default(SourcesSettings, "forbidden_retry"), seconds),
 )  # fmt: skip
+_LISTEN_DEFAULT = (field_default(ObserveSettings, "listen_host"), field_default(ObserveSettings, "listen_port"))
 LISTEN_OPTION = Option(
-    "--listen", "HOST:PORT of /healthz, /readyz, /metrics",
-    (field_default(ObserveSettings, "listen_host"), field_default(ObserveSettings, "listen_port")), listen_address,
+    "--listen", "HOST:PORT of /healthz, /readyz, /metrics", _LISTEN_DEFAULT, listen_address,
+    default_text=f"{_LISTEN_DEFAULT[0]}:{_LISTEN_DEFAULT[1]}",
 )  # fmt: skip
 OBSERVE_OPTIONS = (
     LISTEN_OPTION,

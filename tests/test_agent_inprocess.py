@@ -155,3 +155,58 @@ def test_the_path_of_a_change_crosses_five_files(
     _wait_for(lambda: _users(config) == "u2" and len(stacks) == 3)
     crossed = sorted({name for files in stacks.values() for name in files})
     assert ["agent/agent.py", "host/hostfs.py", "reconcile.py", "sources/kube.py", "targets/kubelet.py"] == crossed
+
+
+class _TaintedNodeAPI(MemoryAPI):
+    """The Secret, and the agent's own Node registered with the startup taint."""
+
+    def __init__(self, stop: threading.Event, steps: list[str]) -> None:
+        super().__init__(stop)
+        self.steps = steps
+
+    def list_node(self, name: str) -> tuple[dict[str, Any] | None, str]:
+        return {"metadata": {"name": name, "resourceVersion": "1", "labels": {}, "uid": "u"}}, "1"
+
+    def watch(self, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        if path == "nodes":
+            while not self.stop.wait(0.05):
+                pass
+            return iter(())
+        return super().watch(path, **kwargs)
+
+    def remove_node_taint(self, name: str, key: str) -> bool:
+        self.steps.append("taint removed")
+        return True
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        pass
+
+
+def test_the_startup_taint_goes_in_the_pass_that_makes_the_node_ready(host_root: Path) -> None:
+    """The taint is removed right after the first pass, before the loop waits again (it waited
+    for the loop's next tick, up to 5 s, while pods could have been scheduled)."""
+    from nodeagent.config import ObserveSettings, SourcesSettings
+
+    steps: list[str] = []
+    stop = threading.Event()
+    api = _TaintedNodeAPI(stop, steps)
+    settings = RunSettings(
+        sync=SyncSettings(host_root=str(host_root)),
+        sources=SourcesSettings((SourceSpec("secret", "ns/pull"),)),
+        observe=ObserveSettings(listen_host="127.0.0.1", listen_port=0, events=False, annotations=False),
+        node_name="node-a",
+        startup_taint=True,
+    )
+    agent = Agent(settings, api=api, redactor=Redactor(), stop=stop)  # type: ignore[arg-type]
+    wait, run_pass = agent.loop.wait, agent._pass
+    agent.loop.wait = lambda *a: steps.append("wait") or wait(*a)  # type: ignore[method-assign]
+    agent._pass = lambda: steps.append("pass") or run_pass()  # type: ignore[method-assign]
+    thread = threading.Thread(target=agent.run, name="agent")
+    thread.start()
+    try:
+        _wait_for(lambda: "taint removed" in steps)
+    finally:
+        agent.shutdown()
+        thread.join(timeout=30)
+    first = steps.index("pass")
+    assert ["pass", "taint removed"] == steps[first : first + 2]

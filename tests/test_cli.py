@@ -371,3 +371,11 @@ def test_wait_cleanup_that_times_out_deletes_the_daemonset_and_says_what_is_left
     api = NeverClean()
     assert 1 == cli._cmd_wait_cleanup(args, get_logger(), api=api)  # type: ignore[arg-type]
     assert api.deleted
+
+
+def test_help_shows_defaults_as_they_are_typed() -> None:
+    """--listen's default reads HOST:PORT in the help, as one types it (it read ('0.0.0.0', 9808))."""
+    from nodeagent import cli
+
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())  # type: ignore[union-attr]
+    assert "default 0.0.0.0:9808;" in text and "('0.0.0.0'" not in text

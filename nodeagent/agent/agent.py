@@ -211,6 +211,8 @@ class Agent:
                     self.restarts.run_due()
                 if self.book.all_reported():  # start-up: reconcile once from every source's current state
                     self._pass()
+                    # in the pass that makes the node ready, not at the loop's next tick (up to 5 s)
+                    self.taint.tick(synced=self.status.health.first_sync_done, fully_read=self.book.fully_read)
         finally:
             if ecr_server is not None:
                 ecr_server.stop()
