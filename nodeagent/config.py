@@ -453,9 +453,12 @@ SOURCE_OPTIONS = (
 )  # fmt: skip
 _LISTEN_DEFAULT = (field_default(ObserveSettings, "listen_host"), field_default(ObserveSettings, "listen_port"))
 LISTEN_OPTION = Option(
-    "--listen", "HOST:PORT of /healthz, /readyz, /metrics", _LISTEN_DEFAULT, listen_address,
+    "--listen",
+    "HOST:PORT of /healthz, /readyz, /metrics",
+    _LISTEN_DEFAULT,
+    listen_address,
     default_text=f"{_LISTEN_DEFAULT[0]}:{_LISTEN_DEFAULT[1]}",
-)  # fmt: skip
+)
 OBSERVE_OPTIONS = (
     LISTEN_OPTION,
     Option("--no-events", "do not create Events", False, switch=True),
@@ -486,10 +489,13 @@ FROM_FILE_OPTION = Option(
     "comma-separated in the variable)", (), comma_list, metavar="PATH",
 )  # fmt: skip
 FROM_FILE_SCOPED_OPTION = Option(
-    "--from-file-scoped", "PATH=NAMESPACES: a file served only to pods of these namespaces (names and '*' globs, "
-    "comma-separated, as the nodeagent.io/namespaces annotation, which a mounted Secret's volume does not carry; "
-    "repeatable)", (), metavar="PATH=NAMESPACES", env=None,
-)  # fmt: skip
+    "--from-file-scoped",
+    "PATH=NAMESPACES: a file served only to pods of these namespaces (names and '*' globs, comma-separated, as "
+    "the nodeagent.io/namespaces annotation, which a mounted Secret's volume does not carry; repeatable)",
+    (),
+    metavar="PATH=NAMESPACES",
+    env=None,
+)
 NAMESPACE_OPTION = Option("--namespace", "the chart's namespace", "default", fallback_env="POD_NAMESPACE")
 ALL_OPTIONS: tuple[Option, ...] = (
     *HOST_OPTIONS, *LOG_OPTIONS, *CONTAINERD_OPTIONS, *PROVIDER_OPTIONS, *SOURCE_OPTIONS, *OBSERVE_OPTIONS,
